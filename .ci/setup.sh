@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Everything the tests and the demo need on a fresh Debian/Ubuntu machine, as root. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null || ! command -v dockerd >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        nginx wrk docker.io debootstrap docker-registry unzip procps ca-certificates >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+PIP=".venv/bin/pip install -q --disable-pip-version-check"
+# torch: the exact pin takes the CPU wheel on local disk; anything looser downloads a multi-GB CUDA build.
+$PIP numpy==1.26.4 torch==2.13.0
+$PIP -e ".[sklearn,xgboost,torch,tensorflow,onnx,cli,dev]" numpy==1.26.4
+# Only xgboost < 2 can *write* the legacy binary format; the test for reading it makes one with this copy.
+[ -d .venv/xgboost-legacy/xgboost ] || $PIP --no-deps --target .venv/xgboost-legacy xgboost==1.7.6

@@ -1,0 +1,126 @@
+"""The handler contract: one framework's artifact sniffing, loading and batch prediction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from byoc_serve import codecs
+from byoc_serve.config import Settings
+
+
+@dataclass
+class Context:
+    """What a handler (and user code) knows about the model and the current request.
+
+    ``system_properties`` keeps the SageMaker inference toolkit's spelling so existing
+    ``inference.py`` files that read ``context.system_properties["model_dir"]`` keep working.
+    """
+
+    model_dir: Path
+    settings: Settings
+    model_name: str | None = None
+    target_model: str | None = None
+    request_id: str | None = None
+    custom_attributes: str | None = None
+    response_custom_attributes: str | None = None
+    system_properties: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.system_properties.setdefault("model_dir", str(self.model_dir))
+        self.system_properties.setdefault("gpu_id", None)
+
+    def for_request(
+        self, request_id: str | None, custom_attributes: str | None, target_model: str | None = None
+    ) -> "Context":
+        """A copy for one request, so concurrent requests never share mutable state."""
+        return Context(
+            model_dir=self.model_dir,
+            settings=self.settings,
+            model_name=self.model_name,
+            target_model=target_model or self.target_model,
+            request_id=request_id,
+            custom_attributes=custom_attributes,
+            system_properties=dict(self.system_properties),
+        )
+
+    def set_response_custom_attributes(self, value: str) -> None:
+        """Set ``X-Amzn-SageMaker-Custom-Attributes`` on the response."""
+        self.response_custom_attributes = value
+
+    def custom_attribute(self, key: str) -> str | None:
+        """One ``key=value`` entry of the request's custom attributes (``;`` or ``,`` separated)."""
+        if not self.custom_attributes:
+            return None
+        for part in self.custom_attributes.replace(",", ";").split(";"):
+            name, sep, value = part.partition("=")
+            if sep and name.strip() == key:
+                return value.strip()
+        return None
+
+
+class Handler:
+    """Base class: subclasses know one framework and nothing about HTTP."""
+
+    name: ClassVar[str] = "base"
+    extra: ClassVar[str] = ""  # the pip extra that installs the framework, for error messages
+    requires: ClassVar[str] = ""  # the framework's import name, checked before the handler is chosen
+    fork_safe: ClassVar[bool] = False  # may the model be loaded before gunicorn forks?
+    memory_factor: ClassVar[float] = 2.0  # in-memory bytes per artifact byte (admission estimate)
+
+    def can_load(self, model_dir: Path) -> bool:
+        raise NotImplementedError
+
+    def load(self, model_dir: Path, context: Context) -> Any:
+        raise NotImplementedError
+
+    def predict(self, model: Any, data: Any, context: Context) -> Any:
+        raise NotImplementedError
+
+    def handle(self, model: Any, body: bytes, content_type: str, accept: str, context: Context) -> tuple[bytes, str]:
+        """One request end to end; user code with ``transform_fn`` replaces all three steps."""
+        return self.encode(self.predict(model, self.decode(body, content_type, context), context), accept, context)
+
+    def decode(self, body: bytes, content_type: str, context: Context) -> Any:
+        return codecs.decode(body, content_type)
+
+    def encode(self, prediction: Any, accept: str, context: Context) -> tuple[bytes, str]:
+        # Batch transform joins outputs by line: one output line per input record, in order.
+        if context.settings.batch:
+            return codecs.encode_records(prediction, accept), _record_type(accept)
+        return codecs.encode(prediction, accept), accept
+
+    def warmup_input(self, model: Any) -> Any | None:
+        """A small input built from the model's signature for the warm-up prediction, if known.
+
+        An artifact's own sample (``code/warmup.json``) takes precedence; see byoc_serve.servable.
+        """
+        return None
+
+    def estimate_bytes(self, model_dir: Path) -> int:
+        """Admission estimate: artifact bytes times the handler's factor."""
+        return int(artifact_bytes(model_dir) * self.memory_factor)
+
+
+def _record_type(accept: str) -> str:
+    return "application/jsonlines" if accept == "application/json" else accept
+
+
+def artifact_bytes(model_dir: Path) -> int:
+    """Total size of the regular files under a model directory."""
+    return sum(p.stat().st_size for p in Path(model_dir).rglob("*") if p.is_file())
+
+
+def find_artifact(model_dir: Path, names: tuple[str, ...], suffixes: tuple[str, ...] = ()) -> Path | None:
+    """The first file at the top of ``model_dir`` with one of ``names``, else one ending in ``suffixes``."""
+    model_dir = Path(model_dir)
+    for name in names:
+        candidate = model_dir / name
+        if candidate.is_file():
+            return candidate
+    if suffixes and model_dir.is_dir():
+        for candidate in sorted(model_dir.iterdir()):
+            if candidate.is_file() and candidate.name.endswith(suffixes):
+                return candidate
+    return None

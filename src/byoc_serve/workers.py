@@ -1,0 +1,123 @@
+"""The gunicorn master: loads fork-safe models before forking, then runs threaded workers.
+
+Run by ``serve`` as ``python -m byoc_serve.workers``. Threaded (gthread) workers let several requests
+for one model overlap inside one process, which is what request batching will build on.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import sys
+from typing import Any
+
+from flask import Flask
+from gunicorn.app.base import BaseApplication
+
+from byoc_serve import readiness
+from byoc_serve.app import ModelSlot, create_app
+from byoc_serve.config import Settings, load_settings
+from byoc_serve.logs import configure_logging
+from byoc_serve.selection import select_handler
+from byoc_serve.servable import Servable
+
+log = logging.getLogger("byoc_serve.workers")
+
+EXIT_LOAD_FAILED = 4
+
+
+class ServingApplication(BaseApplication):
+    """gunicorn configured from Settings, serving an app built (and maybe loaded) in the master."""
+
+    def __init__(self, settings: Settings, app: Flask, on_worker_start: Any = None):
+        self.settings = settings
+        self.app = app
+        self.on_worker_start = on_worker_start
+        super().__init__()
+
+    def load_config(self) -> None:
+        s = self.settings
+        options = {
+            "bind": [f"unix:{s.run_dir / 'gunicorn.sock'}"],
+            "workers": s.workers,
+            "worker_class": "gthread",
+            "threads": s.threads,
+            # gthread workers heartbeat from their main thread, so this only catches a wedged worker;
+            # the per-request limit is nginx's proxy_read_timeout (the same BYOC_TIMEOUT).
+            "timeout": s.timeout_s + 30,
+            "graceful_timeout": 25,
+            "keepalive": 75,
+            "backlog": 2048,
+            "accesslog": None,
+            "errorlog": "-",
+            "loglevel": s.log_level.lower(),
+            "control_socket_disable": True,
+            "umask": 0o007 if _nginx_shares_our_user() else 0,
+            "when_ready": self._when_ready,
+            "post_worker_init": self._post_worker_init,
+        }
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Flask:
+        return self.app
+
+    def _when_ready(self, server: Any) -> None:
+        if self.on_worker_start is None:
+            readiness.mark_ready(self.settings.run_dir)
+            log.info("phase=ready workers=%d threads=%d", self.settings.workers, self.settings.threads)
+
+    def _post_worker_init(self, worker: Any) -> None:
+        if self.on_worker_start is not None:
+            self.on_worker_start()
+
+
+def _nginx_shares_our_user() -> bool:
+    """As root, nginx workers run as another user and need a world-accessible socket."""
+    import os
+
+    return os.geteuid() != 0
+
+
+def build_single_model(settings: Settings) -> ServingApplication:
+    """Fork-safe handlers load here, before the fork (memory shared copy-on-write); others in each worker."""
+    slot = ModelSlot()
+    app = create_app(settings, slot)
+    readiness.report_starting(settings.run_dir, "handler")
+    handler = select_handler(settings.model_dir, settings)
+    if handler.fork_safe:
+        readiness.report_starting(settings.run_dir, "load", handler.name)
+        slot.servable = Servable.load(settings.model_dir, settings)
+        gc.collect()
+        gc.freeze()  # keep the model's pages out of later collections, so forked workers share them
+        return ServingApplication(settings, app)
+
+    def load_in_worker() -> None:
+        readiness.report_starting(settings.run_dir, "load", f"{handler.name}, in each worker after fork")
+        slot.servable = Servable.load(settings.model_dir, settings)
+        readiness.mark_ready(settings.run_dir)
+        log.info("phase=ready handler=%s loaded after fork", handler.name)
+
+    return ServingApplication(settings, app, on_worker_start=load_in_worker)
+
+
+def main() -> None:
+    settings = load_settings()
+    configure_logging(settings)
+    try:
+        if settings.multi_model:
+            from byoc_serve.mme import build_multi_model
+
+            application = build_multi_model(settings)
+        else:
+            application = build_single_model(settings)
+    except Exception as exc:
+        phase = getattr(exc, "phase", "load")
+        log.critical("FATAL start-up failed in phase=%s: %s: %s", phase, type(exc).__name__, exc, exc_info=True)
+        readiness.mark_not_ready(settings.run_dir, f"failed in phase {phase}: {exc}")
+        sys.exit(EXIT_LOAD_FAILED)
+    application.run()
+
+
+if __name__ == "__main__":
+    main()

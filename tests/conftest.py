@@ -1,0 +1,28 @@
+import shutil
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from harness import ServeProcess
+
+
+@pytest.fixture
+def serve_factory() -> Iterator[Callable[..., ServeProcess]]:
+    """Start real ``serve`` processes; every one is stopped (and its run dir removed) at teardown."""
+    started: list[ServeProcess] = []
+
+    def start(model_dir: Path | None = None, env: dict | None = None, wait_ready: bool = True, **kwargs) -> ServeProcess:
+        server = ServeProcess(model_dir, env, **kwargs)
+        started.append(server)
+        return server.start(wait_ready=wait_ready)
+
+    yield start
+    for server in started:
+        server.stop()
+        shutil.rmtree(server.run_dir, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if shutil.which("nginx") is None:
+        raise pytest.UsageError("nginx is not installed: run the README's test command (bash .ci/setup.sh first)")

@@ -1,0 +1,121 @@
+"""Start the real ``serve`` (nginx + gunicorn) on a free loopback port, and tiny real models for it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+SERVE = str(Path(sys.executable).with_name("serve"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServeProcess:
+    """One running ``serve``; its log is captured to a file for assertions."""
+
+    def __init__(self, model_dir: Path | None = None, env: dict[str, str] | None = None, args: tuple[str, ...] = ()):
+        self.port = free_port()
+        self.run_dir = Path(tempfile.mkdtemp(prefix="byoc-run-"))
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "SAGEMAKER_BIND_TO_PORT": str(self.port),
+            "BYOC_RUN_DIR": str(self.run_dir),
+            "BYOC_WORKERS": "2",
+        }
+        if model_dir is not None:
+            self.env["BYOC_MODEL_DIR"] = str(model_dir)
+        self.env.update(env or {})
+        self.args = args
+        self.log_path = self.run_dir.with_suffix(".log")
+        self.proc: subprocess.Popen | None = None
+        self.session = requests.Session()
+
+    def start(self, wait_ready: bool = True, timeout: float = 60) -> "ServeProcess":
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen([SERVE, *self.args], env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        if wait_ready:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"serve exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if requests.get(self.url + "/ping", timeout=2).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"serve not ready within {timeout}s:\n{self.log()}")
+
+    def request(self, method: str, path: str, **kwargs) -> requests.Response:
+        kwargs.setdefault("timeout", 30)
+        return self.session.request(method, self.url + path, **kwargs)
+
+    def get(self, path: str, **kwargs) -> requests.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs) -> requests.Response:
+        return self.request("POST", path, **kwargs)
+
+    def delete(self, path: str, **kwargs) -> requests.Response:
+        return self.request("DELETE", path, **kwargs)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 35) -> int | None:
+        """Signal serve and wait; returns its exit code (killed after ``timeout``)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.session.close()
+        self._log.close()
+        return self.proc.returncode
+
+    def child_pids(self) -> list[int]:
+        """PIDs of every process under serve (nginx, gunicorn master and workers, model hosts)."""
+        import psutil
+
+        return [p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)]
+
+    def assert_healthy(self, good_request: dict) -> None:
+        """After any bad request: /ping is still 200 and a good request still gets 200."""
+        assert self.get("/ping").status_code == 200
+        response = self.post("/invocations", **good_request)
+        assert response.status_code == 200, response.text
+
+
+def train_sklearn_classifier(model_dir: Path, n_features: int = 4, filename: str = "model.joblib") -> Path:
+    """A tiny fitted LogisticRegression saved with joblib; returns the model directory."""
+    import joblib
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(200, n_features))
+    labels = (features[:, 0] + features[:, 1] > 0).astype(int)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    joblib.dump(LogisticRegression().fit(features, labels), model_dir / filename)
+    return model_dir

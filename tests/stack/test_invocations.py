@@ -1,0 +1,203 @@
+"""/invocations on the real stack with a scikit-learn model: codecs, negotiation and every error path."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import joblib
+import numpy as np
+import orjson
+import pytest
+
+from harness import ServeProcess, train_sklearn_classifier
+
+ROWS = [[0.5, 1.0, -0.3, 2.0], [-1.0, -2.0, 0.1, 0.0], [2.0, 0.3, 0.0, -1.0]]
+GOOD = {"data": "1,2,3,4", "headers": {"Content-Type": "text/csv"}}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return train_sklearn_classifier(tmp_path_factory.mktemp("sk") / "model")
+
+
+@pytest.fixture(scope="module")
+def expected(model_dir):
+    model = joblib.load(model_dir / "model.joblib")
+    return model.predict(np.array(ROWS)).tolist(), model.predict_proba(np.array(ROWS))
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    proc = ServeProcess(model_dir).start()
+    yield proc
+    proc.stop()
+    shutil.rmtree(proc.run_dir, ignore_errors=True)
+
+
+def post(server, body, content_type, accept=None, **headers):
+    headers = {"Content-Type": content_type, **headers}
+    if accept:
+        headers["Accept"] = accept
+    return server.post("/invocations", data=body, headers=headers)
+
+
+def npy(array) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array))
+    return buf.getvalue()
+
+
+def test_ping_is_200_with_an_empty_body_once_ready(server):
+    response = server.get("/ping")
+    assert response.status_code == 200
+    assert response.content == b""
+
+
+@pytest.mark.parametrize(
+    "body, content_type",
+    [
+        (orjson.dumps(ROWS), "application/json"),
+        (orjson.dumps({"instances": ROWS}), "application/json"),
+        (orjson.dumps({"inputs": ROWS}), "application/json"),
+        ("\n".join(",".join(map(str, r)) for r in ROWS) + "\n", "text/csv"),
+        ("\n".join(",".join(map(str, r)) for r in ROWS), "text/csv; charset=utf-8"),
+        (b"\n".join(orjson.dumps(r) for r in ROWS), "application/jsonlines"),
+        (npy(ROWS), "application/x-npy"),
+    ],
+)
+def test_every_input_format_gives_the_models_predictions(server, expected, body, content_type):
+    response = post(server, body, content_type, accept="application/json")
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert response.json() == expected[0]
+
+
+def test_npz_input_round_trips(server, expected):
+    buf = io.BytesIO()
+    np.savez(buf, x=np.array(ROWS))
+    response = post(server, buf.getvalue(), "application/x-npz")
+    assert response.status_code == 200, response.text
+    assert response.json() == expected[0]
+
+
+@pytest.mark.parametrize(
+    "accept, parse",
+    [
+        ("text/csv", lambda r: [int(float(x)) for x in r.text.split()]),
+        ("application/jsonlines", lambda r: [orjson.loads(line) for line in r.text.splitlines()]),
+        ("application/x-npy", lambda r: np.load(io.BytesIO(r.content)).tolist()),
+        ("text/html;q=0.9, text/csv;q=1.0", lambda r: [int(float(x)) for x in r.text.split()]),
+        ("*/*", lambda r: r.json()),
+    ],
+)
+def test_accept_negotiation_picks_the_encoder(server, expected, accept, parse):
+    response = post(server, orjson.dumps(ROWS), "application/json", accept=accept)
+    assert response.status_code == 200, response.text
+    assert parse(response) == expected[0]
+
+
+def test_unacceptable_accept_is_406_listing_supported_types(server):
+    response = post(server, orjson.dumps(ROWS), "application/json", accept="image/png")
+    assert response.status_code == 406
+    body = response.json()
+    assert body["code"] == 406 and body["type"] == "not_acceptable"
+    assert "text/csv" in body["error"] and "application/json" in body["error"]
+    server.assert_healthy(GOOD)
+
+
+def test_unknown_content_type_is_415(server):
+    response = post(server, b"<x/>", "application/xml")
+    assert response.status_code == 415
+    assert response.json()["type"] == "unsupported_content_type"
+    server.assert_healthy(GOOD)
+
+
+@pytest.mark.parametrize(
+    "body, content_type",
+    [(b"[[1, 2,", "application/json"), (b"1,2\n3", "text/csv"), (b"not numpy", "application/x-npy")],
+)
+def test_malformed_body_is_400_json(server, body, content_type):
+    response = post(server, body, content_type)
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert set(body) == {"error", "code", "type", "model", "request_id"}
+    assert "Traceback" not in response.text
+    server.assert_healthy(GOOD)
+
+
+def test_wrong_feature_count_is_a_json_error_without_traceback(server):
+    response = post(server, "1,2", "text/csv")
+    assert response.status_code == 500
+    assert "Traceback" not in response.text
+    request_id = response.json()["request_id"]
+    assert request_id and request_id in server.log()  # the traceback is in the log under that id
+    server.assert_healthy(GOOD)
+
+
+def test_empty_body_is_204(server):
+    response = post(server, b"", "text/csv")
+    assert response.status_code == 204
+    assert response.content == b""
+    server.assert_healthy(GOOD)
+
+
+def test_oversize_body_is_413_json_from_nginx(server):
+    response = post(server, b"1," * (3 * 1024 * 1024 + 10), "text/csv")
+    assert response.status_code == 413
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert response.json()["type"] == "payload_too_large"
+    server.assert_healthy(GOOD)
+
+
+def test_unknown_route_is_json_404(server):
+    response = server.get("/admin")
+    assert response.status_code == 404
+    assert response.json()["code"] == 404
+    server.assert_healthy(GOOD)
+
+
+def test_predict_proba_per_request_through_custom_attributes(server, expected):
+    response = post(server, orjson.dumps(ROWS), "application/json", **{"X-Amzn-SageMaker-Custom-Attributes": "predict_method=predict_proba"})
+    assert response.status_code == 200, response.text
+    assert np.allclose(response.json(), expected[1])
+
+
+def test_unknown_predict_method_is_400(server):
+    response = post(server, orjson.dumps(ROWS), "application/json", **{"X-Amzn-SageMaker-Custom-Attributes": "predict_method=fit"})
+    assert response.status_code == 400
+    server.assert_healthy(GOOD)
+
+
+def test_execution_parameters_report_defaults(server):
+    assert server.get("/execution-parameters").json() == {
+        "MaxConcurrentTransforms": 2,
+        "BatchStrategy": "MULTI_RECORD",
+        "MaxPayloadInMB": 6,
+    }
+
+
+def test_predict_proba_from_setting(serve_factory, model_dir, expected):
+    server = serve_factory(model_dir, {"BYOC_PREDICT_METHOD": "predict_proba", "BYOC_WORKERS": "1"})
+    response = post(server, orjson.dumps(ROWS), "application/json", accept="text/csv")
+    assert response.status_code == 200
+    rows = [[float(x) for x in line.split(",")] for line in response.text.splitlines()]
+    assert np.allclose(rows, expected[1])
+
+
+def test_batch_mode_gives_one_line_per_record_in_order(serve_factory, model_dir, expected):
+    env = {"SAGEMAKER_BATCH": "true", "SAGEMAKER_BATCH_STRATEGY": "multi_record", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "20",
+           "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "3", "BYOC_PREDICT_METHOD": "predict_proba", "BYOC_WORKERS": "1"}
+    server = serve_factory(model_dir, env)
+    rows = ROWS * 7
+    body = "\n".join(",".join(map(str, r)) for r in rows) + "\n"
+    for accept in ("application/json", "text/csv"):
+        response = post(server, body, "text/csv", accept=accept)
+        assert response.status_code == 200, response.text
+        lines = response.text.splitlines()
+        assert len(lines) == len(rows)
+        parsed = [orjson.loads(line) if accept == "application/json" else [float(x) for x in line.split(",")] for line in lines]
+        assert np.allclose(parsed, np.tile(expected[1], (7, 1)))
+    assert server.get("/execution-parameters").json() == {
+        "MaxConcurrentTransforms": 3, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 20,
+    }
