@@ -44,7 +44,8 @@ class ServeProcess:
         self.session = requests.Session()
 
     def start(self, wait_ready: bool = True, timeout: float = 60) -> "ServeProcess":
-        self._log = self.log_path.open("wb")
+        # Append mode: nginx reopens /dev/stdout for its access log, and only O_APPEND keeps both writers intact.
+        self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen([SERVE, *self.args], env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
         if wait_ready:
             self.wait_ready(timeout)

@@ -47,8 +47,15 @@ class Servable:
         self.context = context
 
     @classmethod
-    def load(cls, model_dir: Path, settings: Settings, name: str | None = None, warm_up: bool = True) -> "Servable":
-        """Select the handler, load the model and (by default) run the warm-up prediction.
+    def load(
+        cls,
+        model_dir: Path,
+        settings: Settings,
+        name: str | None = None,
+        warm_up: bool = True,
+        handler: Handler | None = None,
+    ) -> "Servable":
+        """Select the handler (unless given), load the model and (by default) run the warm-up prediction.
 
         Each step logs its phase so a failed start names where it failed.
         """
@@ -58,9 +65,8 @@ class Servable:
                 raise BadRequest(f"model directory {model_dir} does not exist")
             if not any(model_dir.iterdir()):
                 raise BadRequest(f"model directory {model_dir} is empty")
-        with phase("handler", model=name) as info:
-            handler = select_handler(model_dir, settings)
-            info["handler"] = handler.name
+        if handler is None:
+            handler = choose_handler(model_dir, settings, name)
         context = Context(model_dir=model_dir, settings=settings, model_name=name)
         with phase("load", model=name, handler=handler.name):
             model = handler.load(model_dir, context)
@@ -98,6 +104,13 @@ class Servable:
         if isinstance(body, str):
             body = body.encode()
         return Result(body=body, content_type=content_type, custom_attributes=context.response_custom_attributes)
+
+
+def choose_handler(model_dir: Path, settings: Settings, name: str | None = None) -> Handler:
+    with phase("handler", model=name) as info:
+        handler = select_handler(model_dir, settings)
+        info["handler"] = handler.name
+    return handler
 
 
 class phase:

@@ -18,8 +18,7 @@ from byoc_serve import readiness
 from byoc_serve.app import ModelSlot, create_app
 from byoc_serve.config import Settings, load_settings
 from byoc_serve.logs import configure_logging
-from byoc_serve.selection import select_handler
-from byoc_serve.servable import Servable
+from byoc_serve.servable import Servable, choose_handler
 
 log = logging.getLogger("byoc_serve.workers")
 
@@ -84,17 +83,17 @@ def build_single_model(settings: Settings) -> ServingApplication:
     slot = ModelSlot()
     app = create_app(settings, slot)
     readiness.report_starting(settings.run_dir, "handler")
-    handler = select_handler(settings.model_dir, settings)
+    handler = choose_handler(settings.model_dir, settings)
     if handler.fork_safe:
         readiness.report_starting(settings.run_dir, "load", handler.name)
-        slot.servable = Servable.load(settings.model_dir, settings)
+        slot.servable = Servable.load(settings.model_dir, settings, handler=handler)
         gc.collect()
         gc.freeze()  # keep the model's pages out of later collections, so forked workers share them
         return ServingApplication(settings, app)
 
     def load_in_worker() -> None:
         readiness.report_starting(settings.run_dir, "load", f"{handler.name}, in each worker after fork")
-        slot.servable = Servable.load(settings.model_dir, settings)
+        slot.servable = Servable.load(settings.model_dir, settings, handler=handler)
         readiness.mark_ready(settings.run_dir)
         log.info("phase=ready handler=%s loaded after fork", handler.name)
 

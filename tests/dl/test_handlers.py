@@ -1,0 +1,302 @@
+"""PyTorch, TensorFlow/Keras and ONNX handlers through the in-process pipeline (select → load → warm-up → invoke)."""
+
+from __future__ import annotations
+
+import io
+import logging
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+import dl_models
+from byoc_serve.config import Settings
+from byoc_serve.errors import BadRequest, ModelFailure, NotAcceptable
+from byoc_serve.selection import HandlerUnavailable, select_handler
+from byoc_serve.servable import Invocation, Servable
+from conftest import BUILDERS, assert_close, npy
+from model_handlers.devices import import_framework
+from model_handlers.onnx import OnnxHandler
+from model_handlers.pytorch import PyTorchHandler
+from model_handlers.tensorflow import TensorFlowHandler, find_saved_model
+
+SETTINGS = Settings(workers=1, intra_op_threads=1)
+ROWS = dl_models.ROWS
+EXPECTED_HANDLER = {
+    "torchscript": "pytorch",
+    "torchscript_pth": "pytorch",
+    "torch_export": "pytorch",
+    "torch_state_dict": "user_code+pytorch",
+    "torch_state_dict_predict_fn": "user_code+pytorch",
+    "saved_model": "tensorflow",
+    "saved_model_versioned": "tensorflow",
+    "saved_model_named_versioned": "tensorflow",
+    "keras": "tensorflow",
+    "onnx_skl2onnx": "onnx",
+    "onnx_skl2onnx_zipmap": "onnx",
+}
+_loaded: dict[str, Servable] = {}
+
+
+def servable(artifacts, name: str, settings: Settings = SETTINGS) -> Servable:
+    if settings is not SETTINGS:
+        return Servable.load(artifacts(name).model_dir, settings)
+    if name not in _loaded:
+        _loaded[name] = Servable.load(artifacts(name).model_dir, SETTINGS)
+    return _loaded[name]
+
+
+def invoke(model: Servable, body: bytes, content_type: str, accept: str = "application/json"):
+    result = model.invoke(Invocation(body, content_type, accept))
+    if result.content_type == "application/x-npy":
+        return np.load(io.BytesIO(result.body), allow_pickle=False)
+    return orjson.loads(result.body)
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+@pytest.mark.parametrize("rows", [ROWS[:1], ROWS], ids=["single_row", "batch"])
+@pytest.mark.parametrize("content_type", ["application/json", "application/x-npy"])
+def test_model_answers_like_its_framework(artifacts, name, rows, content_type):
+    model = servable(artifacts, name)
+    body = orjson.dumps(rows.tolist()) if content_type == "application/json" else npy(rows)
+    assert_close(invoke(model, body, content_type), artifacts(name).expected(rows))
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_handler_is_chosen_from_the_artifacts(artifacts, name):
+    assert servable(artifacts, name).handler.name == EXPECTED_HANDLER[name]
+
+
+@pytest.mark.parametrize("name", ["torchscript", "torch_export", "torch_state_dict", "keras"])
+def test_single_output_model_answers_npy(artifacts, name):
+    answer = invoke(servable(artifacts, name), npy(ROWS), "application/x-npy", accept="application/x-npy")
+    assert isinstance(answer, np.ndarray) and answer.shape == (3, 3)
+    assert_close(answer, artifacts(name).expected(ROWS))
+
+
+@pytest.mark.parametrize("name", ["torchscript", "torch_export", "saved_model", "keras", "onnx_skl2onnx"])
+def test_one_unbatched_row_gains_a_batch_dimension(artifacts, name):
+    answer = invoke(servable(artifacts, name), orjson.dumps(ROWS[0].tolist()), "application/json")
+    assert_close(answer, artifacts(name).expected(ROWS[:1]))
+
+
+@pytest.mark.parametrize(
+    "name, source",
+    [
+        ("torch_export", "from signature"),
+        ("saved_model", "from signature"),
+        ("keras", "from signature"),
+        ("onnx_skl2onnx", "from signature"),
+        ("torchscript", "none available"),
+    ],
+)
+def test_warm_up_input_is_built_from_the_signature(artifacts, name, source):
+    model = servable(artifacts, name)
+    assert model.warm_up() == source
+
+
+def test_warm_up_prefers_the_artifacts_own_sample(artifacts, tmp_path):
+    import shutil
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(artifacts("torchscript").model_dir, model_dir)
+    (model_dir / "code").mkdir()
+    (model_dir / "code" / "warmup.json").write_text("[[1, 2, 3, 4]]")
+    assert Servable.load(model_dir, SETTINGS).warm_up() == "code/warmup.json"
+
+
+# ------------------------------------------------------------------------------------------ PyTorch
+
+
+def test_state_dict_without_model_fn_fails_naming_model_fn(tmp_path):
+    import torch
+
+    tmp_path.mkdir(exist_ok=True)
+    torch.save(dl_models.torch_net().state_dict(), tmp_path / "model.pth")
+    with pytest.raises(ModelFailure, match="model_fn"):
+        Servable.load(tmp_path, SETTINGS)
+
+
+def test_exported_program_takes_named_inputs_in_their_own_dtypes(tmp_path):
+    reference = dl_models.torch_export_two_inputs(tmp_path)
+    model = Servable.load(tmp_path, SETTINGS)
+    offset = np.array([1, 2, 3])
+    body = orjson.dumps({"inputs": {"offset": offset.tolist(), "features": ROWS.tolist()}})
+    first, second = invoke(model, body, "application/json")
+    expected_first, expected_second = reference(ROWS, offset)
+    assert_close(first, expected_first)
+    assert_close(second, expected_second)
+
+
+def test_exported_program_rejects_wrong_feature_count_with_400(artifacts):
+    with pytest.raises(BadRequest, match=r"shape \(batch, 4\)"):
+        invoke(servable(artifacts, "torch_export"), b"[[1, 2, 3]]", "application/json")
+
+
+def test_exported_program_with_two_inputs_rejects_a_plain_array(tmp_path):
+    dl_models.torch_export_two_inputs(tmp_path)
+    with pytest.raises(BadRequest, match="named inputs"):
+        invoke(Servable.load(tmp_path, SETTINGS), b"[[1, 2, 3, 4]]", "application/json")
+
+
+def test_user_predict_fn_receives_a_float_tensor(artifacts):
+    import torch
+
+    model = servable(artifacts, "torch_state_dict_predict_fn")
+    data = model.handler.decode(b"[[1, 2, 3, 4]]", "application/json", model.context)
+    assert isinstance(data, torch.Tensor) and data.dtype == torch.float32
+    as_npy = model.handler.decode(npy(np.array([[1, 2, 3, 4]], dtype=np.float64)), "application/x-npy", model.context)
+    assert as_npy.dtype == torch.float64  # NPY keeps its dtype, as in the SageMaker toolkit; predict casts it
+
+
+def test_eager_module_in_training_mode_is_put_in_eval_mode(artifacts):
+    module = dl_models.torch_net().train()
+    PyTorchHandler().predict(module, ROWS, servable(artifacts, "torchscript").context)
+    assert module.training is False
+
+
+def test_tuple_and_dict_outputs_become_arrays():
+    from model_handlers.pytorch import to_numpy
+    import torch
+
+    single = to_numpy((torch.ones(2, 3),))
+    assert isinstance(single, np.ndarray) and single.shape == (2, 3)
+    pair = to_numpy((torch.ones(2), torch.zeros(2, dtype=torch.bfloat16)))
+    assert [a.dtype for a in pair] == [np.float32, np.float32]
+    named = to_numpy({"a": torch.ones(1)})
+    assert isinstance(named["a"], np.ndarray)
+
+
+def test_torch_model_on_cuda_setting_fails_without_a_gpu(artifacts):
+    with pytest.raises(ModelFailure, match="BYOC_DEVICE=cuda"):
+        Servable.load(artifacts("torchscript").model_dir, replace(SETTINGS, device="cuda"))
+
+
+# --------------------------------------------------------------------------------------- TensorFlow
+
+
+def test_versioned_saved_model_serves_the_highest_numeric_version(artifacts):
+    model_dir = artifacts("saved_model_versioned").model_dir
+    assert find_saved_model(model_dir) == model_dir / "10"
+    assert find_saved_model(artifacts("saved_model_named_versioned").model_dir).parts[-2:] == ("my_model", "3")
+
+
+def test_saved_model_outputs_map_to_a_json_object(artifacts):
+    answer = invoke(servable(artifacts, "saved_model"), orjson.dumps({"inputs": {"features": ROWS.tolist()}}), "application/json")
+    assert sorted(answer) == ["label", "scores"]
+    assert_close(answer, artifacts("saved_model").expected(ROWS))
+
+
+def test_saved_model_with_two_outputs_cannot_answer_npy(artifacts):
+    with pytest.raises(NotAcceptable, match="application/json"):
+        invoke(servable(artifacts, "saved_model"), npy(ROWS), "application/x-npy", accept="application/x-npy")
+
+
+def test_tf_signature_setting_chooses_the_signature(artifacts):
+    model = servable(artifacts, "saved_model", replace(SETTINGS, tf_signature="shifted"))
+    body = orjson.dumps({"inputs": {"features": ROWS.tolist(), "shift": [1, 2, 3]}})
+    assert_close(invoke(model, body, "application/json"), ROWS.sum(axis=1) + [1, 2, 3])
+
+
+def test_unknown_tf_signature_fails_listing_the_ones_there(artifacts):
+    with pytest.raises(ModelFailure, match="serving_default, shifted"):
+        Servable.load(artifacts("saved_model").model_dir, replace(SETTINGS, tf_signature="nope"))
+
+
+def test_missing_named_input_is_a_400_naming_it(artifacts):
+    model = servable(artifacts, "saved_model", replace(SETTINGS, tf_signature="shifted"))
+    with pytest.raises(BadRequest, match=r"missing \['shift'\]"):
+        invoke(model, orjson.dumps({"inputs": {"features": ROWS.tolist()}}), "application/json")
+
+
+def test_wrong_feature_count_is_a_400_for_saved_models_and_keras(artifacts):
+    for name in ("saved_model", "keras"):
+        with pytest.raises(BadRequest, match=r"shape \(batch, 4\)"):
+            invoke(servable(artifacts, name), b"[[1, 2]]", "application/json")
+
+
+def test_string_inputs_and_outputs_round_trip(tmp_path):
+    import tensorflow as tf
+
+    class Echo(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+        def serve(self, text):
+            return {"upper": tf.strings.upper(text)}
+
+    module = Echo()
+    tf.saved_model.save(module, str(tmp_path / "1"), signatures={"serving_default": module.serve})
+    model = Servable.load(tmp_path, SETTINGS)
+    assert model.warm_up() == "none available"
+    assert invoke(model, orjson.dumps({"instances": ["ab", "c"]}), "application/json") == ["AB", "C"]
+
+
+# --------------------------------------------------------------------------------------------- ONNX
+
+
+def test_zipmap_probabilities_equal_the_plain_tensor_ones(artifacts):
+    plain = invoke(servable(artifacts, "onnx_skl2onnx"), orjson.dumps(ROWS.tolist()), "application/json")
+    zipped = invoke(servable(artifacts, "onnx_skl2onnx_zipmap"), orjson.dumps(ROWS.tolist()), "application/json")
+    assert_close(zipped["output_probability"], plain["probabilities"])
+    assert zipped["output_label"] == plain["label"]
+
+
+def test_onnx_named_input_and_wrong_name(artifacts):
+    model = servable(artifacts, "onnx_skl2onnx")
+    answer = invoke(model, orjson.dumps({"inputs": {"X": ROWS.tolist()}}), "application/json")
+    assert_close(answer, artifacts("onnx_skl2onnx").expected(ROWS))
+    with pytest.raises(BadRequest, match=r"unknown \['x'\]"):
+        invoke(model, orjson.dumps({"inputs": {"x": ROWS.tolist()}}), "application/json")
+
+
+# ------------------------------------------------------------------------------ devices and extras
+
+
+@pytest.mark.parametrize("name, framework", [("torchscript", "torch"), ("keras", "tensorflow"), ("onnx_skl2onnx", "onnxruntime")])
+def test_load_logs_device_and_threads(artifacts, caplog, name, framework):
+    import model_handlers.devices as devices
+
+    devices._configured.discard({"torch": "torch", "tensorflow": "tensorflow", "onnxruntime": "onnx"}[framework])
+    with caplog.at_level(logging.INFO, logger="byoc_serve.devices"):
+        Servable.load(artifacts(name).model_dir, SETTINGS)
+    assert f"{framework} device=cpu intra_op_threads=1 inter_op_threads=1" in caplog.text
+
+
+def test_missing_framework_names_the_extra(artifacts, monkeypatch):
+    monkeypatch.setattr(PyTorchHandler, "requires", "torch_is_not_installed_here")
+    with pytest.raises(HandlerUnavailable, match=r"pip install 'byoc-serve\[torch\]'"):
+        select_handler(artifacts("torchscript").model_dir, replace(SETTINGS, handler="pytorch"))
+    with pytest.raises(BadRequest, match=r"byoc-serve\[torch\]"):
+        select_handler(artifacts("torchscript").model_dir, SETTINGS)
+
+
+def test_import_framework_error_names_the_extra():
+    with pytest.raises(ImportError, match=r"pip install 'byoc-serve\[onnx\]'"):
+        import_framework("onnxruntime_is_not_installed_here", "onnx")
+
+
+def test_handler_modules_and_sniffing_import_no_framework(artifacts):
+    """Importing the handlers and asking every one whether it can load a model imports no DL framework."""
+    dirs = [str(artifacts(name).model_dir) for name in ("torchscript", "saved_model", "onnx_skl2onnx")]
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from model_handlers.pytorch import PyTorchHandler\n"
+        "from model_handlers.tensorflow import TensorFlowHandler\n"
+        "from model_handlers.onnx import OnnxHandler\n"
+        f"for d in {dirs!r}:\n"
+        "    [h().can_load(Path(d)) for h in (PyTorchHandler, TensorFlowHandler, OnnxHandler)]\n"
+        "print(sorted(m for m in ('torch', 'tensorflow', 'keras', 'onnxruntime') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_estimate_bytes_scales_the_artifact_size(artifacts):
+    model_dir = artifacts("torch_export").model_dir
+    size = sum(p.stat().st_size for p in Path(model_dir).rglob("*") if p.is_file())
+    for handler in (PyTorchHandler(), TensorFlowHandler(), OnnxHandler()):
+        assert handler.estimate_bytes(model_dir) == int(size * handler.memory_factor) > size

@@ -1,0 +1,145 @@
+"""Start-up, readiness, timeouts and shutdown of the real serve process tree."""
+
+from __future__ import annotations
+
+import os
+import signal
+import textwrap
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import psutil
+import requests
+
+from harness import ServeProcess, train_sklearn_classifier
+
+SLOW_SCRIPT = '''
+import os
+import time
+
+
+def model_fn(model_dir):
+    time.sleep(float(os.environ.get("TEST_LOAD_SECONDS", "0")))
+    return "model"
+
+
+def input_fn(body, content_type):
+    return float(body)
+
+
+def predict_fn(seconds, model):
+    time.sleep(seconds)
+    return [seconds]
+'''
+
+
+def slow_model(tmp_path):
+    model_dir = tmp_path / "slow"
+    (model_dir / "code").mkdir(parents=True)
+    (model_dir / "code" / "inference.py").write_text(textwrap.dedent(SLOW_SCRIPT))
+    return model_dir
+
+
+def sleep_request(server, seconds: float, timeout: float = 30) -> requests.Response:
+    return requests.post(server.url + "/invocations", data=str(seconds), headers={"Content-Type": "text/csv"}, timeout=timeout)
+
+
+def test_ping_is_503_with_a_reason_until_loaded_then_200(serve_factory, tmp_path):
+    server = serve_factory(slow_model(tmp_path), {"TEST_LOAD_SECONDS": "2"}, wait_ready=False)
+    deadline = time.monotonic() + 30
+    early = None
+    while time.monotonic() < deadline:
+        try:
+            early = requests.get(server.url + "/ping", timeout=2)
+            break
+        except requests.ConnectionError:
+            time.sleep(0.02)
+    assert early is not None and early.status_code == 503
+    assert early.json()["type"] == "not_ready" and "starting" in early.json()["error"]
+    server.wait_ready(30)
+    ready = server.get("/ping")
+    assert ready.status_code == 200 and ready.content == b""
+    assert "GET /ping" not in server.log()  # ping access lines are off by default
+
+
+def test_ping_answers_fast_while_every_worker_is_busy(serve_factory, tmp_path):
+    server = serve_factory(slow_model(tmp_path), {"BYOC_WORKERS": "2", "BYOC_THREADS": "2"})
+    with ThreadPoolExecutor(8) as pool:
+        busy = [pool.submit(sleep_request, server, 1.5) for _ in range(8)]
+        time.sleep(0.3)
+        latencies = []
+        for _ in range(10):
+            started = time.perf_counter()
+            assert requests.get(server.url + "/ping", timeout=2).status_code == 200
+            latencies.append(time.perf_counter() - started)
+        assert all(not f.done() for f in busy)  # the workers really were all busy
+        assert max(latencies) < 0.2, latencies
+        assert all(f.result().status_code == 200 for f in busy)
+
+
+def test_handler_slower_than_the_timeout_gets_504_json(serve_factory, tmp_path):
+    server = serve_factory(slow_model(tmp_path), {"BYOC_TIMEOUT": "1"})
+    response = sleep_request(server, 2.5)
+    assert response.status_code == 504
+    assert response.json()["type"] == "timeout"
+    assert server.get("/ping").status_code == 200
+    assert sleep_request(server, 0.01).json() == [0.01]
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path):
+    server = ServeProcess(slow_model(tmp_path)).start()
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.update(response=sleep_request(server, 2)))
+    worker.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    code = server.stop(signal.SIGTERM, timeout=35)
+    worker.join(10)
+    assert code == 0, server.log()
+    assert time.monotonic() - started < 30
+    assert result["response"].status_code == 200 and result["response"].json() == [2.0]
+
+
+def test_serve_exits_non_zero_when_gunicorn_dies(tmp_path):
+    server = ServeProcess(train_sklearn_classifier(tmp_path / "m")).start()
+    try:
+        children = psutil.Process(server.proc.pid).children()
+        gunicorn = next(p for p in children if "byoc_serve.workers" in " ".join(p.cmdline()))
+        nginx = next(p for p in children if p.pid != gunicorn.pid)
+        os.kill(gunicorn.pid, signal.SIGKILL)
+        assert server.proc.wait(15) != 0
+        assert "gunicorn exited unexpectedly" in server.log()
+        assert not nginx.is_running() or nginx.status() == psutil.STATUS_ZOMBIE
+    finally:
+        server.stop()
+
+
+def test_missing_model_is_fatal_and_names_the_phase(tmp_path):
+    (tmp_path / "empty").mkdir()
+    server = ServeProcess(tmp_path / "empty").start(wait_ready=False)
+    try:
+        assert server.proc.wait(30) != 0
+        assert "FATAL start-up failed in phase=" in server.log()
+    finally:
+        server.stop()
+
+
+def test_invalid_setting_is_fatal_and_names_the_variable(tmp_path):
+    server = ServeProcess(tmp_path, {"BYOC_TIMEOUT": "soon"}).start(wait_ready=False)
+    try:
+        assert server.proc.wait(15) == 2
+        assert "phase=config" in server.log() and "BYOC_TIMEOUT='soon'" in server.log()
+    finally:
+        server.stop()
+
+
+def test_log_level_debug_logs_requests_and_warning_hides_info(serve_factory, tmp_path):
+    model_dir = train_sklearn_classifier(tmp_path / "m")
+    quiet = serve_factory(model_dir, {"BYOC_LOG_LEVEL": "WARNING", "BYOC_WORKERS": "1"})
+    assert quiet.post("/invocations", data="1,2,3,4", headers={"Content-Type": "text/csv"}).status_code == 200
+    assert "phase=load ok" not in quiet.log()
+    loud = serve_factory(model_dir, {"BYOC_LOG_LEVEL": "DEBUG", "BYOC_LOG_PING": "true", "BYOC_WORKERS": "1"})
+    assert loud.get("/ping").status_code == 200
+    time.sleep(0.2)
+    assert "phase=load ok" in loud.log() and "GET /ping" in loud.log()

@@ -1,0 +1,129 @@
+"""code/inference.py hooks on the real stack: toolkit-style scripts must work unchanged."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import orjson
+import pytest
+
+from harness import train_sklearn_classifier
+
+ROWS = [[0.5, 1.0, -0.3, 2.0], [-1.0, -2.0, 0.1, 0.0]]
+
+# The shape of the SageMaker scikit-learn examples' inference.py, untouched.
+TOOLKIT_SCRIPT = '''
+import json
+import os
+
+import joblib
+import numpy as np
+
+
+def model_fn(model_dir):
+    return joblib.load(os.path.join(model_dir, "model.joblib"))
+
+
+def input_fn(request_body, request_content_type):
+    if request_content_type == "application/json":
+        return np.array(json.loads(request_body)["features"])
+    raise ValueError("unsupported content type " + request_content_type)
+
+
+def predict_fn(input_data, model):
+    return model.predict_proba(input_data)
+
+
+def output_fn(prediction, content_type):
+    return json.dumps({"probabilities": prediction.tolist()})
+'''
+
+TRANSFORM_SCRIPT = '''
+import json
+
+
+def model_fn(model_dir, context):
+    return {"offset": 10, "model_dir": context.system_properties["model_dir"]}
+
+
+def transform_fn(model, request_body, content_type, accept, context):
+    values = json.loads(request_body)
+    context.set_response_custom_attributes("echo=" + (context.custom_attributes or ""))
+    return json.dumps([v + model["offset"] for v in values]), "application/json"
+'''
+
+ERROR_SCRIPT = '''
+from byoc_serve.errors import InferenceError
+
+
+class ToolkitStyleError(Exception):
+    """Like sagemaker_inference.errors.BaseInferenceToolkitError: a status_code attribute."""
+
+    def __init__(self, status_code, message, phrase):
+        super().__init__(message)
+        self.status_code, self.message, self.phrase = status_code, message, phrase
+
+
+def input_fn(body, content_type):
+    if body.strip() == "teapot":
+        raise ToolkitStyleError(418, "I am a teapot", "teapot")
+    if body.strip() == "forbidden":
+        raise InferenceError(422, "the features are out of range")
+    return [[float(x) for x in body.split(",")]]
+'''
+
+
+def write_model(tmp_path, script: str, with_sklearn: bool = True):
+    model_dir = tmp_path / "model"
+    if with_sklearn:
+        train_sklearn_classifier(model_dir)
+    (model_dir / "code").mkdir(parents=True)
+    (model_dir / "code" / "inference.py").write_text(textwrap.dedent(script))
+    return model_dir
+
+
+def test_unmodified_toolkit_inference_script(serve_factory, tmp_path):
+    server = serve_factory(write_model(tmp_path, TOOLKIT_SCRIPT))
+    response = server.post("/invocations", data=orjson.dumps({"features": ROWS}), headers={"Content-Type": "application/json"})
+    assert response.status_code == 200, response.text
+    probabilities = np.array(response.json()["probabilities"])
+    assert probabilities.shape == (2, 2) and np.allclose(probabilities.sum(axis=1), 1)
+
+
+def test_transform_fn_with_context_and_custom_attribute_echo(serve_factory, tmp_path):
+    server = serve_factory(write_model(tmp_path, TRANSFORM_SCRIPT, with_sklearn=False))
+    response = server.post(
+        "/invocations",
+        data="[1, 2, 3]",
+        headers={"Content-Type": "application/json", "X-Amzn-SageMaker-Custom-Attributes": "trace=abc"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == [11, 12, 13]
+    assert response.headers["X-Amzn-SageMaker-Custom-Attributes"] == "echo=trace=abc"
+
+
+def test_user_errors_keep_their_status(serve_factory, tmp_path):
+    server = serve_factory(write_model(tmp_path, ERROR_SCRIPT))
+    teapot = server.post("/invocations", data="teapot", headers={"Content-Type": "text/csv"})
+    assert teapot.status_code == 418
+    assert teapot.json()["error"] == "I am a teapot"
+    forbidden = server.post("/invocations", data="forbidden", headers={"Content-Type": "text/csv"})
+    assert forbidden.status_code == 422
+    assert forbidden.json() == {**forbidden.json(), "error": "the features are out of range", "code": 422}
+    # predict_fn and output_fn fall back to the scikit-learn handler's defaults.
+    good = server.post("/invocations", data="1,2,3,4", headers={"Content-Type": "text/csv"})
+    assert good.status_code == 200 and good.json() in ([0], [1])
+    assert server.get("/ping").status_code == 200
+
+
+def test_transform_fn_with_other_hooks_fails_start_up_naming_the_phase(tmp_path):
+    from harness import ServeProcess
+
+    script = TRANSFORM_SCRIPT + "\ndef input_fn(body, content_type):\n    return body\n"
+    server = ServeProcess(write_model(tmp_path, script)).start(wait_ready=False)
+    try:
+        assert server.proc.wait(30) != 0
+        assert "FATAL start-up failed in phase=handler" in server.log()
+    finally:
+        server.stop()
