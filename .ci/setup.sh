@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything the tests and the demo need on a fresh Debian/Ubuntu machine, as root. Idempotent.
+# Everything the tests (or, with `demo`, the demo) need on a fresh Debian/Ubuntu machine, as root. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +12,10 @@ fi
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 PIP=".venv/bin/pip install -q --disable-pip-version-check"
+if [ "${1:-}" = "demo" ]; then  # just what `byoc demo` needs
+    $PIP -e ".[sklearn,cli]" numpy==1.26.4
+    exit 0
+fi
 # torch: the exact pin takes the CPU wheel on local disk; anything looser downloads a multi-GB CUDA build.
 $PIP numpy==1.26.4 torch==2.13.0
 $PIP -e ".[sklearn,xgboost,torch,tensorflow,onnx,cli,dev]" numpy==1.26.4

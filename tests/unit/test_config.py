@@ -1,0 +1,63 @@
+import pytest
+
+from byoc_serve.config import MIB, ConfigError, load_settings
+from byoc_serve.nginx_conf import render_nginx_conf
+
+
+def test_defaults_fit_a_real_time_endpoint():
+    settings = load_settings({})
+    assert settings.port == 8080
+    assert settings.timeout_s == 60
+    assert settings.max_payload_bytes == 6 * MIB
+    assert settings.default_accept == "application/json"
+    assert not settings.multi_model and not settings.batch
+
+
+def test_sagemaker_variables_are_honoured_and_ours_win():
+    env = {
+        "SAGEMAKER_BIND_TO_PORT": "9000",
+        "SAGEMAKER_MAX_PAYLOAD_IN_MB": "100",
+        "SAGEMAKER_MODEL_SERVER_TIMEOUT": "600",
+        "SAGEMAKER_MULTI_MODEL": "TRUE",
+        "SAGEMAKER_BATCH_STRATEGY": "single_record",
+    }
+    settings = load_settings(env)
+    assert (settings.port, settings.max_payload_bytes, settings.timeout_s) == (9000, 100 * MIB, 600)
+    assert settings.multi_model and settings.batch_strategy == "SINGLE_RECORD"
+    assert load_settings({**env, "BYOC_TIMEOUT": "30"}).timeout_s == 30
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("SAGEMAKER_BIND_TO_PORT", "70000"),
+        ("BYOC_TIMEOUT", "0"),
+        ("BYOC_WORKERS", "many"),
+        ("SAGEMAKER_MULTI_MODEL", "perhaps"),
+        ("BYOC_PREDICT_METHOD", "fit"),
+        ("BYOC_CACHE_POLICY", "fifo"),
+        ("SAGEMAKER_SAFE_PORT_RANGE", "9000"),
+    ],
+)
+def test_invalid_values_name_the_variable(name, value):
+    with pytest.raises(ConfigError, match=name):
+        load_settings({name: value})
+
+
+def test_threads_per_worker_split_the_cores():
+    settings = load_settings({"BYOC_WORKERS": "1"})
+    assert settings.intra_op_threads >= 1
+    assert load_settings({"BYOC_WORKERS": "64"}).intra_op_threads == 1
+
+
+def test_one_timeout_and_one_payload_limit_reach_nginx():
+    conf = render_nginx_conf(load_settings({"BYOC_TIMEOUT": "17", "BYOC_MAX_PAYLOAD_MB": "3", "BYOC_RUN_DIR": "/x"}))
+    assert "proxy_read_timeout 17s;" in conf
+    assert f"client_max_body_size {3 * MIB};" in conf
+    assert "unix:/x/gunicorn.sock" in conf
+    assert "{{" not in conf
+
+
+def test_unknown_template_placeholder_is_an_error():
+    with pytest.raises(KeyError, match="nope"):
+        render_nginx_conf(load_settings({}), "listen {{ nope }};")
