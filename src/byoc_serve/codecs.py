@@ -44,7 +44,7 @@ def parse_media_type(value: str | None) -> str | None:
 def decode(body: bytes | str, content_type: str | None) -> Any:
     """Turn a request body into a model input according to its Content-Type (400/415 on failure)."""
     media = parse_media_type(content_type)
-    decoder = _DECODERS.get(media)  # type: ignore[arg-type]
+    decoder = _DECODERS.get(media or "")
     if decoder is None:
         if media is None:
             raise UnsupportedContentType(f"Content-Type header is missing; send one of: {', '.join(DECODABLE)}")
@@ -103,7 +103,8 @@ def _decode_csv_exact(body: bytes) -> np.ndarray:
     except UnicodeDecodeError as exc:
         raise BadRequest(f"CSV body is not valid UTF-8: {exc}") from None
     try:
-        rows = [row for row in csv.reader(io.StringIO(text, newline=""), skipinitialspace=True) if row and row != [""]]
+        reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
+        rows = [row for row in reader if row and row != [""]]  # skip blank lines
     except csv.Error as exc:
         raise BadRequest(f"CSV body cannot be parsed: {exc}") from None
     if not rows:
@@ -232,7 +233,7 @@ def _plain_key(key: Any) -> Any:
 
 def encode(prediction: Any, accept: str) -> bytes:
     """Serialize a prediction as the (already negotiated) Accept media type."""
-    encoder = _ENCODERS.get(accept) or _ENCODERS.get(parse_media_type(accept))  # type: ignore[arg-type]
+    encoder = _ENCODERS.get(accept) or _ENCODERS.get(parse_media_type(accept) or "")
     if encoder is None:
         raise NotAcceptable(f"cannot encode as {accept!r}; supported: {', '.join(ENCODABLE)}")
     return encoder(prediction)
@@ -333,7 +334,9 @@ def _encode_npy(prediction: Any) -> bytes:
     except ValueError:
         array = None  # ragged lists
     if array is None or array.dtype.kind == "O":
-        raise NotAcceptable("the prediction is not a fixed-type array, which application/x-npy needs; ask for application/json")
+        raise NotAcceptable(
+            "the prediction is not a fixed-type array, which application/x-npy needs; ask for application/json"
+        )
     buffer = io.BytesIO()
     np.lib.format.write_array(buffer, array, allow_pickle=False)
     return buffer.getvalue()
@@ -353,8 +356,8 @@ ENCODABLE: tuple[str, ...] = tuple(_ENCODERS)
 
 def negotiate(accept_header: str | None, default: str) -> str:
     """Pick the response media type from an Accept header (q-values, wildcards); 406 when none fits."""
-    if accept_header in _ENCODERS:
-        return accept_header  # type: ignore[return-value]
+    if accept_header is not None and accept_header in _ENCODERS:
+        return accept_header
     if not accept_header or not accept_header.strip():
         return _negotiated_default(default)
     ranges = []
@@ -402,6 +405,6 @@ def _candidates(media_range: str, default: str) -> list[str]:
 
 def _negotiated_default(default: str) -> str:
     media = parse_media_type(default)
-    if media not in _ENCODERS:
+    if media is None or media not in _ENCODERS:
         raise NotAcceptable(f"the default Accept {default!r} is not supported; supported: {', '.join(ENCODABLE)}")
-    return media  # type: ignore[return-value]
+    return media

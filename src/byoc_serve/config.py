@@ -157,7 +157,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         handler=(env.get("BYOC_HANDLER") or None),
         program=env.get("SAGEMAKER_PROGRAM") or "inference.py",
         predict_method=_parse(env, "BYOC_PREDICT_METHOD", _choice(PREDICT_METHODS), None),
-        default_accept=env.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT") or "application/json",
+        default_accept=_parse(env, "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", _encodable, "application/json"),
         timeout_s=timeout,
         max_payload_bytes=payload,
         workers=workers,
@@ -179,6 +179,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         nginx_bin=env.get("BYOC_NGINX") or "nginx",
     )
     return settings
+
+
+def _encodable(raw: str) -> str:
+    from byoc_serve import codecs  # numpy: only when the variable is set, so serve starts fast
+
+    media = codecs.parse_media_type(raw)
+    if media not in codecs.ENCODABLE:
+        raise ValueError(f"must be one of {', '.join(codecs.ENCODABLE)}")
+    return media
 
 
 def _port_range(raw: str) -> tuple[int, int]:

@@ -37,6 +37,7 @@ def test_sagemaker_variables_are_honoured_and_ours_win():
         ("BYOC_PREDICT_METHOD", "fit"),
         ("BYOC_CACHE_POLICY", "fifo"),
         ("SAGEMAKER_SAFE_PORT_RANGE", "9000"),
+        ("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "image/png"),
     ],
 )
 def test_invalid_values_name_the_variable(name, value):
@@ -61,3 +62,7 @@ def test_one_timeout_and_one_payload_limit_reach_nginx():
 def test_unknown_template_placeholder_is_an_error():
     with pytest.raises(KeyError, match="nope"):
         render_nginx_conf(load_settings({}), "listen {{ nope }};")
+
+
+def test_default_accept_is_normalised():
+    assert load_settings({"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "Text/CSV; charset=utf-8"}).default_accept == "text/csv"
