@@ -3,13 +3,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null || ! command -v dockerd >/dev/null; then
+PACKAGES="nginx wrk docker.io debootstrap docker-registry unzip procps ca-certificates python3-venv"
+if ! dpkg -s $PACKAGES >/dev/null 2>&1; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-        nginx wrk docker.io debootstrap docker-registry unzip procps ca-certificates >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $PACKAGES >/dev/null
 fi
 
-PYTHON=${PYTHON:-python3}
+# Debian's interpreter, not one under /root: the tests also run serve as an unprivileged user.
+PYTHON=${PYTHON:-/usr/bin/python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 PIP=".venv/bin/pip install -q --disable-pip-version-check"
 if [ "${1:-}" = "demo" ]; then  # just what `byoc demo` needs

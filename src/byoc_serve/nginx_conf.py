@@ -19,6 +19,7 @@ def template_text() -> str:
 
 def render_nginx_conf(settings: Settings, template: str | None = None) -> str:
     """The nginx config for these settings; every placeholder must be known."""
+    access_log = settings.run_dir / "access.log"  # a FIFO that serve relays to stdout
     values = {
         "run_dir": str(settings.run_dir),
         "listen": str(settings.port),
@@ -27,8 +28,8 @@ def render_nginx_conf(settings: Settings, template: str | None = None) -> str:
         "max_body_mb": f"{settings.max_payload_bytes / MIB:g}",
         "timeout_s": str(settings.timeout_s),
         "error_log_level": {"DEBUG": "info", "INFO": "warn", "WARNING": "warn", "ERROR": "error"}[settings.log_level],
-        "access_log": "/dev/stdout byoc" if settings.log_level == "DEBUG" else "/dev/stdout byoc buffer=32k flush=1s",
-        "ping_access_log": "/dev/stdout byoc" if settings.log_ping else "off",
+        "access_log": f"{access_log} byoc" if settings.log_level == "DEBUG" else f"{access_log} byoc buffer=32k flush=1s",
+        "ping_access_log": f"{access_log} byoc" if settings.log_ping else "off",
     }
 
     def substitute(match: re.Match[str]) -> str:

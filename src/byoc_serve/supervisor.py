@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -72,6 +73,7 @@ class Supervisor:
         log.info("settings %s", s.describe())
         self.prepare_run_dir()
         conf = write_nginx_conf(s)
+        self.access_log = open_access_log_pipe(s.run_dir)
         signal.signal(signal.SIGTERM, self.on_signal)
         signal.signal(signal.SIGINT, self.on_signal)
         if s.multi_model:
@@ -133,7 +135,7 @@ class Supervisor:
             if pid == 0:
                 if deadline is not None and time.monotonic() > deadline:
                     self.kill_remaining()
-                time.sleep(0.05)
+                self.relay_access_log(0.05)
                 continue
             if pid not in self.children:
                 continue
@@ -147,14 +149,39 @@ class Supervisor:
             self.stopping = True
             readiness.mark_not_ready(self.settings.run_dir, f"{name} exited")
             self.stop_children()
+        self.relay_access_log(0)
         log.info("serve exiting with %d", exit_code)
         return exit_code
+
+    def relay_access_log(self, wait_s: float) -> None:
+        """Copy what nginx wrote to the access-log pipe to our stdout, waiting at most ``wait_s``."""
+        readable, _, _ = select.select([self.access_log], [], [], wait_s)
+        if readable:
+            try:
+                data = os.read(self.access_log, 1 << 16)
+            except BlockingIOError:
+                return
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
 
     def kill_remaining(self) -> None:
         for name, proc in self.children.values():
             if proc.returncode is None:
                 log.warning("%s did not stop within %d s: killing it", name, DRAIN_SECONDS)
                 proc.kill()
+
+
+def open_access_log_pipe(run_dir: Path) -> int:
+    """A FIFO for nginx's access log, read by serve and copied to its stdout.
+
+    nginx reopens log paths, and reopening /dev/stdout fails for an unprivileged user when stdout is a
+    pipe owned by someone else (docker run --user, CI runners). Opened read-write so nginx's open never blocks.
+    """
+    path = run_dir / "access.log"
+    if path.exists():
+        path.unlink()
+    os.mkfifo(path, 0o600)
+    return os.open(path, os.O_RDWR | os.O_NONBLOCK)
 
 
 if __name__ == "__main__":
