@@ -46,3 +46,29 @@ def test_user_modules_of_two_models_do_not_collide(tmp_path):
     b = select_handler(tmp_path / "b", settings)
     assert a.module is not b.module
     assert (a.hooks["model_fn"]("x"), b.hooks["model_fn"]("x")) == (1, 2)
+
+
+def test_third_party_handlers_register_through_the_entry_point_group(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    dist = site / "byoc_const_handler-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: byoc-const-handler\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[byoc_serve.handlers]\nconstant = byoc_const_handler:ConstantHandler\n")
+    (site / "byoc_const_handler.py").write_text(
+        "from model_handlers.base import Handler\n"
+        "class ConstantHandler(Handler):\n"
+        "    name = 'constant'\n"
+        "    def can_load(self, model_dir):\n"
+        "        return (model_dir / 'constant.txt').is_file()\n"
+        "    def load(self, model_dir, context):\n"
+        "        return float((model_dir / 'constant.txt').read_text())\n"
+        "    def predict(self, model, data, context):\n"
+        "        return [model] * len(data)\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "constant.txt").write_text("4.5")
+    handler = select_handler(model_dir, load_settings({}))
+    assert handler.name == "constant"
+    assert select_handler(model_dir, load_settings({"BYOC_HANDLER": "constant"})).name == "constant"
