@@ -22,3 +22,7 @@ $PIP numpy==1.26.4 torch==2.13.0
 $PIP -e ".[sklearn,xgboost,torch,tensorflow,onnx,cli,dev]" numpy==1.26.4
 # Only xgboost < 2 can *write* the legacy binary format; the test for reading it makes one with this copy.
 [ -d .venv/xgboost-legacy/xgboost ] || $PIP --no-deps --target .venv/xgboost-legacy xgboost==1.7.6
+# The image tests: a Docker engine (loopback only), the debootstrap base image, a local registry.
+bash .ci/docker-engine.sh
+bash .ci/base-image.sh
+bash .ci/registry.sh

@@ -1,0 +1,127 @@
+"""The CPU image built by `byoc build`: SageMaker's start, health, MME, signals, users, labels, size."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from byoc_serve.cli import main
+from byoc_serve.cli.container import free_port
+from byoc_serve.cli.exits import CHECK_FAILED
+
+pytestmark = pytest.mark.docker
+
+SIZE_LIMIT = 1_500_000_000
+
+
+def test_image_carries_sagemaker_capability_labels(docker_client, cpu_image):
+    labels = docker_client.images.get(cpu_image).labels
+    assert labels["com.amazonaws.sagemaker.capabilities.multi-models"] == "true"
+    assert labels["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] == "true"
+
+
+def test_default_image_is_single_arch_and_well_under_size_limit(docker_client, cpu_image):
+    attrs = docker_client.images.get(cpu_image).attrs
+    print(f"\n{cpu_image} (FRAMEWORKS=sklearn,xgboost): {attrs['Size'] / 1e6:.0f} MB, {attrs['Os']}/{attrs['Architecture']}")
+    assert attrs["Size"] < SIZE_LIMIT
+    assert (attrs["Os"], attrs["Architecture"]) == ("linux", "amd64")
+    assert attrs["Config"]["Entrypoint"] == ["serve"]  # exec form: serve is PID 1
+
+
+def test_smoke_passes_for_sklearn_model(cpu_image, models, capsys):
+    assert main(["smoke", cpu_image, str(models.sklearn), "--startup-timeout", "120"]) == 0
+    out = capsys.readouterr().out
+    for check in ("ping", "ping-steady", "invocations", "sigterm"):
+        assert f"\n{check} " in out and "FAIL" not in out
+
+
+def test_packaged_xgboost_archive_loads_in_container(cpu_image, models):
+    assert main(["smoke", cpu_image, str(models.archive), "--startup-timeout", "120"]) == 0
+
+
+def test_smoke_passes_multi_model_load_invoke_unload(cpu_image, models, capsys):
+    assert main(["smoke", cpu_image, str(models.mme), "--multi-model", "--startup-timeout", "120"]) == 0
+    out = capsys.readouterr().out
+    for check in ("mme-load alpha", "mme-load beta", "mme-load-duplicate", "mme-invoke beta", "mme-unload alpha",
+                  "mme-invoke-unloaded"):
+        assert f"\n{check} " in out
+
+
+def test_smoke_fails_on_broken_model_naming_the_check(cpu_image, models, capsys):
+    started = time.monotonic()
+    assert main(["smoke", cpu_image, str(models.broken), "--startup-timeout", "120"]) == CHECK_FAILED
+    err = capsys.readouterr().err
+    assert "FAILED check 'ping'" in err
+    assert "phase=load" in err  # the container log tail shows the runtime's failing phase
+    assert time.monotonic() - started < 60  # an exited container fails fast, not after the window
+
+
+def test_smoke_passes_as_unprivileged_user(cpu_image, models):
+    assert main(["smoke", cpu_image, str(models.sklearn), "--user", "1000", "--startup-timeout", "120"]) == 0
+
+
+def test_docker_run_serve_is_pid_1_and_exits_0_on_sigterm(docker_client, cpu_image, models):
+    port = free_port()
+    box = docker_client.containers.run(
+        cpu_image, command=["serve"], network_mode="host", detach=True,
+        environment={"SAGEMAKER_BIND_TO_PORT": str(port)},
+        volumes={str(models.sklearn): {"bind": "/opt/ml/model", "mode": "ro"}})
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.25)
+        else:
+            pytest.fail("no 200 from /ping: " + box.logs(tail=30).decode())
+        pid1 = box.exec_run(["cat", "/proc/1/cmdline"]).output.split(b"\0")
+        assert pid1[1].endswith(b"/serve")  # interpreter, then the serve script: no shell in between
+        started = time.monotonic()
+        box.stop(timeout=30)
+        status = box.wait(timeout=60)
+        assert status["StatusCode"] == 0
+        assert time.monotonic() - started < 30
+    finally:
+        box.remove(force=True)
+
+
+def test_check_inside_image_names_failing_phase(cpu_image, models, capsys):
+    assert main(["check", str(models.xgboost), "--image", cpu_image]) == 0
+    assert main(["check", str(models.broken), "--image", cpu_image]) == CHECK_FAILED
+    assert "FAILED in phase 'load'" in capsys.readouterr().out
+
+
+def test_byoc_run_serves_archive_until_sigterm_then_removes_container(docker_client, cpu_image, models, tmp_path):
+    port = free_port()
+    log = (tmp_path / "run.log").open("wb")
+    cli = subprocess.Popen([sys.executable, "-c", "import sys; from byoc_serve.cli import main; sys.exit(main(sys.argv[1:]))",
+                            "run", str(models.archive), "--image", cpu_image, "--port", str(port)],
+                           stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and cli.poll() is None:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.25)
+        answer = requests.post(f"http://127.0.0.1:{port}/invocations", data="0.9,0.8,0.7\n",
+                               headers={"Content-Type": "text/csv"}, timeout=60)
+        assert answer.status_code == 200, (tmp_path / "run.log").read_text()[-2000:]
+        assert len(answer.json()) == 1
+        cli.send_signal(signal.SIGTERM)
+        assert cli.wait(timeout=60) == 0
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+        log.close()
+    assert docker_client.containers.list(all=True, filters={"label": "byoc-serve.cli"}) == []

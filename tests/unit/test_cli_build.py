@@ -1,0 +1,74 @@
+"""`byoc build` arguments and build context (the build itself is in tests/docker)."""
+
+from __future__ import annotations
+
+import argparse
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from byoc_serve.cli import build, main
+from byoc_serve.cli.exits import USAGE, CliError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    root = argparse.ArgumentParser()
+    build.add_parser(root.add_subparsers())
+    return root.parse_args(["build", *argv])
+
+
+def test_cpu_build_defaults_to_sklearn_and_xgboost():
+    assert build.build_arguments(parse()) == {"FRAMEWORKS": "sklearn,xgboost"}
+
+
+def test_gpu_build_defaults_include_torch_on_nvidia_base():
+    values = build.build_arguments(parse("--gpu"))
+    assert values == {"FRAMEWORKS": "sklearn,xgboost,torch", "TRITON_SOURCE": "base"}
+
+
+def test_gpu_wheel_form_leaves_out_cuda_torch_by_default():
+    values = build.build_arguments(parse("--gpu", "--triton-source", "pytriton-wheel", "--base-image", "byoc-base:bookworm"))
+    assert values == {"FRAMEWORKS": "sklearn,xgboost", "TRITON_SOURCE": "pytriton-wheel", "BASE_IMAGE": "byoc-base:bookworm"}
+
+
+def test_explicit_build_arg_wins():
+    values = build.build_arguments(parse("--frameworks", "torch", "--build-arg", "TORCH_INDEX_URL="))
+    assert values == {"FRAMEWORKS": "torch", "TORCH_INDEX_URL": ""}
+
+
+def test_unknown_framework_is_a_usage_error():
+    with pytest.raises(CliError) as error:
+        build.build_arguments(parse("--frameworks", "sklearn,pytorch"))
+    assert error.value.code == USAGE
+    assert "pytorch" in str(error.value)
+
+
+def test_triton_source_without_gpu_is_a_usage_error():
+    with pytest.raises(CliError):
+        build.build_arguments(parse("--triton-source", "pytriton-wheel"))
+
+
+def test_missing_dockerfile_is_a_usage_error(tmp_path, capsys):
+    assert main(["build", "--context", str(tmp_path)]) == USAGE
+    assert "has no Dockerfile" in capsys.readouterr().err
+
+
+def test_context_follows_dockerignore_and_adds_wheels(tmp_path):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "torch-2.13.0+cpu-cp311-none-any.whl").write_bytes(b"wheel")
+    (wheels / "notes.txt").write_text("not a wheel")
+    out = tmp_path / "context.tar"
+
+    with out.open("wb") as f:
+        build.write_context(REPO, "Dockerfile.gpu", wheels, f)
+
+    with tarfile.open(out) as tar:
+        names = set(tar.getnames())
+    assert {"Dockerfile", "Dockerfile.gpu", "pyproject.toml", "src/byoc_serve/cli/__init__.py"} <= names
+    assert "wheels/torch-2.13.0+cpu-cp311-none-any.whl" in names
+    assert "wheels/notes.txt" not in names
+    assert not any(n.startswith((".git/", ".venv/", "tests/")) for n in names)

@@ -1,0 +1,19 @@
+"""`byoc demo`: the README's first command starts the real stack and prints a prediction."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_demo_prints_prediction_and_stops_the_stack():
+    demo = subprocess.run([sys.executable, "-c", "import sys; from byoc_serve.cli import main; sys.exit(main(['demo']))"],
+                          capture_output=True, text=True, timeout=150)
+    assert demo.returncode == 0, demo.stderr[-2000:]
+    line = next(l for l in demo.stdout.splitlines() if l.startswith("prediction"))
+    assert json.loads(line.split(": ", 1)[1]) == [0, 2]  # iris setosa, virginica
+    assert "demo: stopped (exit code 0)" in demo.stderr
