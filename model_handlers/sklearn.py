@@ -45,6 +45,19 @@ class SklearnHandler(Handler):
         return getattr(model, method)(data)
 
 
+    def warmup_input(self, model: Any) -> Any | None:
+        return zeros_row(getattr(model, "n_features_in_", None))
+
+
+def zeros_row(n_features: Any) -> Any | None:
+    """One all-zeros row for models that know their input width (None when they do not)."""
+    if not isinstance(n_features, int) or n_features <= 0:
+        return None
+    import numpy as np
+
+    return np.zeros((1, n_features))
+
+
 def predict_method(context: Context) -> str:
     """The per-request custom attribute ``predict_method=...`` wins over BYOC_PREDICT_METHOD."""
     requested = context.custom_attribute("predict_method")

@@ -8,7 +8,7 @@ from typing import Any
 
 from byoc_serve.errors import BadRequest
 from model_handlers.base import Context, Handler, find_artifact
-from model_handlers.sklearn import predict_method
+from model_handlers.sklearn import predict_method, zeros_row
 
 # "xgboost-model" is the SageMaker built-in algorithm's artifact name (binary or pickle).
 ARTIFACT_NAMES = ("model.json", "model.ubj", "model.bst", "model.model", "xgboost-model")
@@ -58,6 +58,11 @@ class XGBoostHandler(Handler):
 
             return model.predict(xgboost.DMatrix(data))
         return model.inplace_predict(data)
+
+
+    def warmup_input(self, model: Any) -> Any | None:
+        booster = model.get_booster() if hasattr(model, "get_booster") else model
+        return zeros_row(booster.num_features())
 
 
 def _is_sparse(data: Any) -> bool:
