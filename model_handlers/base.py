@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from byoc_serve import codecs
 from byoc_serve.config import Settings
+from byoc_serve.errors import BadRequest
 
 
 @dataclass
@@ -72,6 +73,9 @@ class Handler:
     def can_load(self, model_dir: Path) -> bool:
         raise NotImplementedError
 
+    def prepare(self, context: Context) -> None:
+        """Per-process framework set-up (device, thread pools) before any model is loaded."""
+
     def load(self, model_dir: Path, context: Context) -> Any:
         raise NotImplementedError
 
@@ -101,6 +105,21 @@ class Handler:
     def estimate_bytes(self, model_dir: Path) -> int:
         """Admission estimate: artifact bytes times the handler's factor."""
         return int(artifact_bytes(model_dir) * self.memory_factor)
+
+
+def match_named_inputs(specs: tuple[Any, ...], data: Any) -> list[tuple[Any, Any]]:
+    """Pair each declared input (anything with ``.name``) with its value: by name for a dict of named
+    inputs, positionally when the model takes a single input."""
+    names = [spec.name for spec in specs]
+    if isinstance(data, dict):
+        missing = [n for n in names if n not in data]
+        unknown = [n for n in data if n not in names]
+        if missing or unknown:
+            raise BadRequest(f"this model takes inputs {names}; missing {missing}, unknown {unknown}")
+        return [(spec, data[spec.name]) for spec in specs]
+    if len(specs) != 1:
+        raise BadRequest(f"this model takes named inputs {names}: send {{\"inputs\": {{name: values}}}}")
+    return [(specs[0], data)]
 
 
 def _record_type(accept: str) -> str:

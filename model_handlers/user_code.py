@@ -50,6 +50,8 @@ class UserCodeHandler(Handler):
 
     def load(self, model_dir: Path, context: Context) -> Any:
         if "model_fn" in self.hooks:
+            if self.fallback is not None:
+                self.fallback.prepare(context)  # the framework's device and threads, as if it loaded the model
             return call_hook(self.hooks["model_fn"], context, str(model_dir))
         assert self.fallback is not None
         return self.fallback.load(model_dir, context)

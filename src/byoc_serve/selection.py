@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 from importlib.metadata import entry_points
@@ -13,12 +14,12 @@ from byoc_serve.errors import BadRequest
 from model_handlers.base import Handler
 
 ENTRY_POINT_GROUP = "byoc_serve.handlers"
-# Sniffing order: specific artifact names first, generic pickles later.
+# Sniffing order: specific artifact names first; xgboost takes any top-level .json, sklearn any pickle.
 BUILTIN_HANDLERS = {
-    "xgboost": "model_handlers.xgboost:XGBoostHandler",
     "pytorch": "model_handlers.pytorch:PyTorchHandler",
     "tensorflow": "model_handlers.tensorflow:TensorFlowHandler",
     "onnx": "model_handlers.onnx:OnnxHandler",
+    "xgboost": "model_handlers.xgboost:XGBoostHandler",
     "sklearn": "model_handlers.sklearn:SklearnHandler",
 }
 
@@ -29,6 +30,7 @@ class HandlerUnavailable(BadRequest):
     kind = "handler_unavailable"
 
 
+@functools.cache
 def handler_classes() -> dict[str, type[Handler]]:
     """Built-in handlers whose module exists, then third-party ones from the entry-point group."""
     found: dict[str, type[Handler]] = {}

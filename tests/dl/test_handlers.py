@@ -7,7 +7,6 @@ import logging
 import subprocess
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import orjson
@@ -18,7 +17,7 @@ from byoc_serve.config import Settings
 from byoc_serve.errors import BadRequest, ModelFailure, NotAcceptable
 from byoc_serve.selection import HandlerUnavailable, select_handler
 from byoc_serve.servable import Invocation, Servable
-from conftest import BUILDERS, assert_close, npy
+from dl_support import BUILDERS, assert_close, npy
 from model_handlers.devices import import_framework
 from model_handlers.onnx import OnnxHandler
 from model_handlers.pytorch import PyTorchHandler
@@ -171,11 +170,6 @@ def test_tuple_and_dict_outputs_become_arrays():
     assert isinstance(named["a"], np.ndarray)
 
 
-def test_torch_model_on_cuda_setting_fails_without_a_gpu(artifacts):
-    with pytest.raises(ModelFailure, match="BYOC_DEVICE=cuda"):
-        Servable.load(artifacts("torchscript").model_dir, replace(SETTINGS, device="cuda"))
-
-
 # --------------------------------------------------------------------------------------- TensorFlow
 
 
@@ -217,6 +211,14 @@ def test_wrong_feature_count_is_a_400_for_saved_models_and_keras(artifacts):
     for name in ("saved_model", "keras"):
         with pytest.raises(BadRequest, match=r"shape \(batch, 4\)"):
             invoke(servable(artifacts, name), b"[[1, 2]]", "application/json")
+
+
+def test_keras_model_is_traced_for_any_batch_size_at_load(artifacts):
+    model = Servable.load(artifacts("keras").model_dir, SETTINGS)
+    traced = model.model.predict_function.experimental_get_tracing_count()
+    for rows in (1, 64, 5):
+        invoke(model, npy(np.zeros((rows, 4), np.float32)), "application/x-npy")
+    assert model.model.predict_function.experimental_get_tracing_count() == traced
 
 
 def test_string_inputs_and_outputs_round_trip(tmp_path):
@@ -265,6 +267,12 @@ def test_load_logs_device_and_threads(artifacts, caplog, name, framework):
     assert f"{framework} device=cpu intra_op_threads=1 inter_op_threads=1" in caplog.text
 
 
+@pytest.mark.parametrize("name", ["torchscript", "saved_model", "onnx_skl2onnx"])
+def test_cuda_setting_fails_clearly_without_a_gpu(artifacts, name):
+    with pytest.raises(ModelFailure, match="BYOC_DEVICE=cuda but .* sees no CUDA device"):
+        Servable.load(artifacts(name).model_dir, replace(SETTINGS, device="cuda"))
+
+
 def test_missing_framework_names_the_extra(artifacts, monkeypatch):
     monkeypatch.setattr(PyTorchHandler, "requires", "torch_is_not_installed_here")
     with pytest.raises(HandlerUnavailable, match=r"pip install 'byoc-serve\[torch\]'"):
@@ -295,8 +303,30 @@ def test_handler_modules_and_sniffing_import_no_framework(artifacts):
     assert out.stdout.strip() == "[]"
 
 
-def test_estimate_bytes_scales_the_artifact_size(artifacts):
-    model_dir = artifacts("torch_export").model_dir
-    size = sum(p.stat().st_size for p in Path(model_dir).rglob("*") if p.is_file())
-    for handler in (PyTorchHandler(), TensorFlowHandler(), OnnxHandler()):
-        assert handler.estimate_bytes(model_dir) == int(size * handler.memory_factor) > size
+def test_estimate_bytes_scales_the_artifact_size_by_the_measured_factor(artifacts):
+    def size(name: str) -> int:
+        return sum(p.stat().st_size for p in artifacts(name).model_dir.rglob("*") if p.is_file())
+
+    for name, handler in [("torch_export", PyTorchHandler()), ("saved_model", TensorFlowHandler()), ("onnx_skl2onnx", OnnxHandler())]:
+        assert handler.estimate_bytes(artifacts(name).model_dir) == int(size(name) * handler.memory_factor) > size(name)
+    keras = TensorFlowHandler().estimate_bytes(artifacts("keras").model_dir)
+    assert keras == int(size("keras") * TensorFlowHandler.keras_memory_factor) > 5 * size("keras")
+
+
+def test_serving_a_sklearn_model_imports_no_deep_learning_framework(tmp_path):
+    """The whole in-process pipeline (selection sniffs every handler, load, warm-up, invoke), then sys.modules."""
+    from harness import train_sklearn_classifier
+
+    model_dir = train_sklearn_classifier(tmp_path / "model")
+    script = (
+        "import sys\n"
+        "from byoc_serve.config import Settings\n"
+        "from byoc_serve.servable import Invocation, Servable\n"
+        f"model = Servable.load({str(model_dir)!r}, Settings())\n"
+        "assert model.handler.name == 'sklearn', model.handler.name\n"
+        "assert model.invoke(Invocation(b'1,2,3,4', 'text/csv', 'application/json')).body in (b'[0]', b'[1]')\n"
+        "print(sorted(m for m in ('torch', 'tensorflow', 'keras', 'onnxruntime') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"

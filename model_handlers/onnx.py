@@ -1,0 +1,112 @@
+"""ONNX models run by onnxruntime, including scikit-learn models converted with skl2onnx.
+
+Inputs are matched by name (``{"inputs": {...}}``) or, for a one-input graph, taken as a plain array.
+Outputs come back as a dict by output name (one output: just the array). skl2onnx classifiers by
+default emit probabilities as a list of ``{class: p}`` maps (ZipMap); those become a 2-D array with
+one column per class in the map's order. Converting with ``options={"zipmap": False}`` avoids the
+maps altogether and is faster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from byoc_serve.errors import BadRequest
+from model_handlers import devices
+from model_handlers.base import Context, Handler, find_artifact, match_named_inputs
+
+ARTIFACT_NAMES = ("model.onnx",)
+ARTIFACT_SUFFIXES = (".onnx",)
+# ONNX tensor element types as onnxruntime spells them.
+DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+    "tensor(string)": np.object_,
+}
+
+
+@dataclass(frozen=True)
+class OnnxInput:
+    name: str
+    shape: tuple[int | None, ...]  # symbolic dimensions ("batch", "N") are None
+    dtype: Any
+
+
+class OnnxHandler(Handler):
+    name = "onnx"
+    extra = "onnx"
+    requires = "onnxruntime"
+    # A session built before fork survives it, but its intra-op thread pool does not: measured here, a
+    # 2-thread session ran at single-thread speed in the forked child (0.43 s vs 0.27 s for 20 MLP
+    # batches). And a CUDA provider must never be created before fork. So load in each worker.
+    fork_safe = False
+    # Measured here (bench/dl.py --memory): load + one prediction of 4 and 17 MB MLPs peaked at 2.0x the .onnx
+    # size (the parsed proto and the session's copy of the weights coexist while the session is built).
+    memory_factor = 2.5
+
+    def can_load(self, model_dir: Path) -> bool:
+        return find_artifact(model_dir, ARTIFACT_NAMES, ARTIFACT_SUFFIXES) is not None
+
+    def load(self, model_dir: Path, context: Context) -> Any:
+        ort = devices.import_framework("onnxruntime", self.extra)
+        path = find_artifact(model_dir, ARTIFACT_NAMES, ARTIFACT_SUFFIXES)
+        if path is None:
+            raise BadRequest(f"no model.onnx in {model_dir}")
+        options, providers = devices.onnx_session_options(context.settings)
+        session = ort.InferenceSession(str(path), options, providers=providers)
+        session.byoc_inputs = tuple(_describe(i) for i in session.get_inputs())
+        session.byoc_outputs = tuple(o.name for o in session.get_outputs())
+        return session
+
+    def predict(self, model: Any, data: Any, context: Context) -> Any:
+        inputs = getattr(model, "byoc_inputs", None) or tuple(_describe(i) for i in model.get_inputs())
+        feeds = {spec.name: _feed(spec, value) for spec, value in match_named_inputs(inputs, data)}
+        names = getattr(model, "byoc_outputs", None) or tuple(o.name for o in model.get_outputs())
+        outputs = {name: _array(value) for name, value in zip(names, model.run(None, feeds))}
+        return next(iter(outputs.values())) if len(outputs) == 1 else outputs
+
+    def warmup_input(self, model: Any) -> Any | None:
+        specs = getattr(model, "byoc_inputs", ())
+        if not specs or any(spec.dtype is np.object_ for spec in specs):
+            return None  # string inputs have no safe synthetic value
+        return {spec.name: np.zeros([1 if d is None else d for d in spec.shape], spec.dtype) for spec in specs}
+
+
+def _describe(node: Any) -> OnnxInput:
+    if node.type not in DTYPES:
+        raise BadRequest(f"input {node.name!r} has type {node.type}, which this handler cannot feed")
+    shape = tuple(d if isinstance(d, int) and d > 0 else None for d in (node.shape or ()))
+    return OnnxInput(node.name, shape, DTYPES[node.type])
+
+
+def _feed(spec: OnnxInput, value: Any) -> np.ndarray:
+    """``value`` as the input's dtype, a single example gaining its batch dimension, its shape checked."""
+    try:
+        array = np.asarray(value, dtype=spec.dtype)
+    except (ValueError, TypeError) as exc:
+        raise BadRequest(f"input {spec.name!r} cannot be read as {np.dtype(spec.dtype)}: {exc}") from None
+    if spec.shape and array.ndim == len(spec.shape) - 1:
+        array = array[np.newaxis]
+    if spec.shape and (array.ndim != len(spec.shape) or any(d is not None and d != n for d, n in zip(spec.shape, array.shape))):
+        expected = ", ".join("batch" if d is None else str(d) for d in spec.shape)
+        raise BadRequest(f"input {spec.name!r} must have shape ({expected}); got {array.shape}")
+    return array
+
+
+def _array(value: Any) -> Any:
+    """ZipMap output (a list of {class: probability}) becomes a rows × classes array."""
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        classes = list(value[0])
+        return np.array([[row[c] for c in classes] for row in value], dtype=np.float32)
+    return value

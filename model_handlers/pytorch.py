@@ -1,0 +1,213 @@
+"""PyTorch models: TorchScript archives, ``torch.export`` programs (.pt2) and eager modules from user code.
+
+The SageMaker PyTorch layout (``model.pth`` state_dict + ``code/inference.py`` with ``model_fn``) goes through
+the user-code adapter, which falls back to this handler's decode/predict/encode for the hooks it lacks.
+Like the SageMaker PyTorch toolkit, ``decode`` hands ``predict_fn`` a tensor: float32 for JSON and CSV, the
+sent dtype for NPY.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from byoc_serve import codecs
+from byoc_serve.errors import BadRequest, ModelFailure
+from model_handlers import devices
+from model_handlers.base import Context, Handler, find_artifact
+
+ARTIFACT_NAMES = ("model.pt2", "model.pt", "model.pth")
+ARTIFACT_SUFFIXES = (".pt2", ".pt", ".pth")
+TEXT_TYPES = ("application/json", "text/csv", "application/jsonlines")
+
+
+@dataclass(frozen=True)
+class ExportSignature:
+    """What a ``torch.export`` program was traced with: input names in order and their example tensors."""
+
+    names: tuple[str, ...]
+    examples: tuple[Any, ...]
+
+
+class PyTorchHandler(Handler):
+    name = "pytorch"
+    extra = "torch"
+    requires = "torch"
+    fork_safe = False  # torch's OpenMP pool and CUDA do not survive a fork: load in each worker
+    # Measured here (bench/dl.py --memory): load + one prediction of 4 and 17 MB MLPs grew RSS (and its peak)
+    # by 1.00-1.04x the file size, TorchScript and .pt2 alike; 1.5 leaves room for activations.
+    memory_factor = 1.5
+
+    def can_load(self, model_dir: Path) -> bool:
+        return find_artifact(model_dir, ARTIFACT_NAMES, ARTIFACT_SUFFIXES) is not None
+
+    def prepare(self, context: Context) -> str:
+        """Device and thread setup for this process; also wanted before a user's model_fn runs."""
+        torch = devices.import_framework("torch", self.extra)
+        device = devices.torch_device(context.settings)
+        if device == "cuda":
+            context.system_properties["gpu_id"] = torch.cuda.current_device()
+        return device
+
+    def load(self, model_dir: Path, context: Context) -> Any:
+        device = self.prepare(context)
+        import torch
+
+        path = find_artifact(model_dir, ARTIFACT_NAMES, ARTIFACT_SUFFIXES)
+        if path is None:
+            raise BadRequest(f"no {' / '.join(ARTIFACT_NAMES)} in {model_dir}")
+        if path.suffix == ".pt2":
+            return _load_exported(path, device)
+        if not is_torchscript(path):
+            raise ModelFailure(
+                f"{path.name} is not a TorchScript archive (a state_dict or pickled module?): add code/inference.py "
+                "with model_fn(model_dir) that builds the module and loads it, or save it with torch.jit.save / torch.export.save"
+            )
+        module = torch.jit.load(str(path), map_location=device)
+        module.eval()
+        return module
+
+    def decode(self, body: bytes, content_type: str, context: Context) -> Any:
+        data = codecs.decode(body, content_type)
+        as_float = codecs.parse_media_type(content_type) in TEXT_TYPES
+        device = _request_device(context)
+        if isinstance(data, dict):
+            return {name: _to_tensor(value, as_float, device) for name, value in data.items()}
+        return _to_tensor(data, as_float, device)
+
+    def predict(self, model: Any, data: Any, context: Context) -> Any:
+        import torch
+
+        signature: ExportSignature | None = getattr(model, "byoc_signature", None)
+        if signature is None and getattr(model, "training", False):
+            model.eval()  # eager modules from model_fn, as the SageMaker toolkit's default predict_fn does
+        device, dtype = _placement(model)
+        with torch.inference_mode():
+            if signature is not None:
+                args = _exported_args(signature, data, device, dtype)
+                return to_numpy(model(*args))
+            if isinstance(data, dict):
+                inputs = {name: _input(value, device, dtype) for name, value in data.items()}
+                return to_numpy(model(**inputs))
+            return to_numpy(model(_input(data, device, dtype)))
+
+    def encode(self, prediction: Any, accept: str, context: Context) -> tuple[bytes, str]:
+        return codecs.encode(to_numpy(prediction), accept), accept
+
+    def warmup_input(self, model: Any) -> Any | None:
+        signature: ExportSignature | None = getattr(model, "byoc_signature", None)
+        if signature is None or not signature.examples:
+            return None  # TorchScript and eager modules do not say what they take
+        return {name: (example[:1] if example.dim() else example).cpu().numpy() for name, example in zip(signature.names, signature.examples)}
+
+
+def is_torchscript(path: Path) -> bool:
+    """``torch.jit.save`` archives carry ``constants.pkl`` and a ``code/`` tree; ``torch.save`` ones do not."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+def _load_exported(path: Path, device: str) -> Any:
+    import torch
+
+    program = torch.export.load(str(path))
+    module = program.module()
+    if device != "cpu":
+        module = module.to(device)
+    examples = program.example_inputs[0] if program.example_inputs else ()
+    module.byoc_signature = ExportSignature(names=tuple(program.graph_signature.user_inputs), examples=tuple(examples))
+    return module
+
+
+def _request_device(context: Context) -> str:
+    gpu = context.system_properties.get("gpu_id")
+    return "cpu" if gpu is None else f"cuda:{gpu}"
+
+
+def _to_tensor(value: Any, as_float: bool, device: str) -> Any:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise BadRequest(f"a PyTorch model takes numbers; got values of type {array.dtype}")
+    tensor = torch.from_numpy(array.astype(np.float32) if as_float else np.ascontiguousarray(array))
+    return tensor if device == "cpu" else tensor.to(device)
+
+
+def _placement(model: Any) -> tuple[Any, Any]:
+    """The module's device and floating dtype, from its first parameter or buffer (cpu/float32 if it has none)."""
+    import torch
+
+    tensor = next(model.parameters(), None) if hasattr(model, "parameters") else None
+    if tensor is None and hasattr(model, "buffers"):
+        tensor = next(model.buffers(), None)
+    if tensor is None:
+        return torch.device("cpu"), torch.float32
+    return tensor.device, tensor.dtype if tensor.is_floating_point() else torch.float32
+
+
+def _input(value: Any, device: Any, dtype: Any, rank: int | None = None) -> Any:
+    """A tensor on ``device``; floating inputs take ``dtype``; a single row gains its batch dimension."""
+    import torch
+
+    tensor = value if isinstance(value, torch.Tensor) else _to_tensor(value, False, "cpu")
+    if tensor.is_floating_point() and tensor.dtype != dtype:
+        tensor = tensor.to(dtype)
+    if tensor.device != device:
+        tensor = tensor.to(device)
+    if (rank is None and tensor.dim() == 1) or (rank is not None and tensor.dim() == rank - 1):
+        tensor = tensor.unsqueeze(0)
+    return tensor
+
+
+def _exported_args(signature: ExportSignature, data: Any, device: Any, dtype: Any) -> list[Any]:
+    """Positional arguments for an exported program, cast to the dtypes and checked against the shapes it was traced with."""
+    if isinstance(data, dict):
+        missing = [n for n in signature.names if n not in data]
+        unknown = [n for n in data if n not in signature.names]
+        if missing or unknown:
+            raise BadRequest(f"this model takes inputs {list(signature.names)}; missing {missing}, unknown {unknown}")
+        values = [data[n] for n in signature.names]
+    elif len(signature.names) == 1:
+        values = [data]
+    else:
+        raise BadRequest(f"this model takes named inputs {list(signature.names)}: send {{\"inputs\": {{name: values}}}}")
+    if not signature.examples:
+        return [_input(v, device, dtype) for v in values]
+    args = []
+    for name, value, example in zip(signature.names, values, signature.examples):
+        tensor = _input(value, device, example.dtype, rank=example.dim())
+        if tensor.dtype != example.dtype:
+            tensor = tensor.to(example.dtype)
+        if tensor.dim() != example.dim() or tuple(tensor.shape[1:]) != tuple(example.shape[1:]):
+            expected = ", ".join(["batch", *map(str, example.shape[1:])])
+            raise BadRequest(f"input {name!r} must have shape ({expected}); got {tuple(tensor.shape)}")
+        args.append(tensor)
+    return args
+
+
+def to_numpy(value: Any) -> Any:
+    """Tensors become numpy arrays, inside tuples, lists and dicts too; a one-element tuple becomes its element."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":  # numpy has no bfloat16
+            value = value.float()
+        return value.numpy()
+    if isinstance(value, dict):
+        return {key: to_numpy(item) for key, item in value.items()}
+    if hasattr(value, "_asdict"):  # named tuples keep their field names
+        return to_numpy(value._asdict())
+    if isinstance(value, tuple) and len(value) == 1:
+        return to_numpy(value[0])
+    if isinstance(value, (tuple, list)):
+        return [to_numpy(item) for item in value]
+    return value

@@ -1,0 +1,197 @@
+"""TensorFlow models: SavedModel directories called through a serving signature, and Keras files.
+
+SavedModels are found at the top of the model directory or in the SageMaker TensorFlow layout
+``<name>/<version>/saved_model.pb`` (highest numeric version wins). Named inputs and outputs map to JSON
+objects (``{"inputs": {...}}``); a signature with one input also takes a plain array.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from byoc_serve.errors import BadRequest, ModelFailure
+from model_handlers import devices
+from model_handlers.base import Context, Handler, artifact_bytes, find_artifact, match_named_inputs
+
+log = logging.getLogger("byoc_serve.handlers.tensorflow")
+
+KERAS_NAMES = ("model.keras", "model.h5")
+KERAS_SUFFIXES = (".keras", ".h5")
+SAVED_MODEL = "saved_model.pb"
+MAX_DEPTH = 3  # <name>/<version>/saved_model.pb and the older export/Servo/<version>/saved_model.pb
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named input of a signature, framework-free: dtype is a numpy dtype (object for strings)."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: np.dtype
+
+
+@dataclass
+class SignatureModel:
+    """A loaded SavedModel and the one signature it is served through."""
+
+    loaded: Any  # held so the variables live on: a signature alone does not keep its SavedModel alive
+    function: Any
+    signature: str
+    inputs: tuple[TensorSpec, ...]
+
+
+class TensorFlowHandler(Handler):
+    name = "tensorflow"
+    extra = "tensorflow"
+    requires = "tensorflow"
+    fork_safe = False  # a TF runtime started before fork hangs the workers (environment.md)
+    # Measured here (bench/dl.py --memory), load + one prediction of 4 and 17 MB MLPs: a SavedModel grew RSS by
+    # 1.05-1.16x its directory size (peak the same); a .keras file by 4.0-5.1x, peaking at 5.9-7.0x (the zip,
+    # its HDF5 weights and the variables coexist while loading, and freed memory stays with the allocator).
+    memory_factor = 1.5
+    keras_memory_factor = 8.0
+
+    def can_load(self, model_dir: Path) -> bool:
+        return find_saved_model(model_dir) is not None or find_artifact(model_dir, KERAS_NAMES, KERAS_SUFFIXES) is not None
+
+    def prepare(self, context: Context) -> str:
+        """Device and thread setup for this process; also wanted before a user's model_fn runs."""
+        devices.import_framework("tensorflow", self.extra)
+        return devices.tensorflow_device(context.settings)
+
+    def load(self, model_dir: Path, context: Context) -> Any:
+        self.prepare(context)
+        import tensorflow as tf
+
+        saved_model = find_saved_model(model_dir)
+        if saved_model is not None:
+            log.info("loading SavedModel %s signature=%s", saved_model, context.settings.tf_signature)
+            return _load_signature(tf, saved_model, context.settings.tf_signature)
+        path = find_artifact(model_dir, KERAS_NAMES, KERAS_SUFFIXES)
+        if path is None:
+            raise BadRequest(f"no {SAVED_MODEL} or {' / '.join(KERAS_NAMES)} in {model_dir}")
+        import keras
+
+        model = keras.models.load_model(str(path), compile=False)
+        _trace_for_any_batch(model)
+        return model
+
+    def predict(self, model: Any, data: Any, context: Context) -> Any:
+        if isinstance(model, SignatureModel):
+            tensors = {spec.name: _tensor(spec, value) for spec, value in match_named_inputs(model.inputs, data)}
+            outputs = {name: _to_numpy(value) for name, value in model.function(**tensors).items()}
+            return next(iter(outputs.values())) if len(outputs) == 1 else outputs
+        specs = keras_inputs(model)
+        if specs is None:
+            return model.predict_on_batch(_unknown_input(data))
+        arrays = {spec.name: _array(spec, value) for spec, value in match_named_inputs(specs, data)}
+        return model.predict_on_batch(arrays if len(arrays) > 1 else next(iter(arrays.values())))
+
+    def estimate_bytes(self, model_dir: Path) -> int:
+        if find_saved_model(model_dir) is None and find_artifact(model_dir, KERAS_NAMES, KERAS_SUFFIXES) is not None:
+            return int(artifact_bytes(model_dir) * self.keras_memory_factor)
+        return super().estimate_bytes(model_dir)
+
+    def warmup_input(self, model: Any) -> Any | None:
+        specs = model.inputs if isinstance(model, SignatureModel) else keras_inputs(model)
+        if not specs or any(spec.dtype.kind == "O" for spec in specs):
+            return None  # string inputs (e.g. serialized tf.Example) have no safe synthetic value
+        return {spec.name: np.zeros([1 if d is None else d for d in spec.shape], spec.dtype) for spec in specs}
+
+
+def find_saved_model(model_dir: Path) -> Path | None:
+    """The SavedModel directory to serve: ``model_dir`` itself, or the highest numeric version below it."""
+    model_dir = Path(model_dir)
+    if (model_dir / SAVED_MODEL).is_file():
+        return model_dir
+    if not model_dir.is_dir():
+        return None
+    for depth in range(1, MAX_DEPTH + 1):
+        found = sorted(p.parent for p in model_dir.glob("/".join(["*"] * depth + [SAVED_MODEL])) if p.parts[len(model_dir.parts)] != "code")
+        if found:
+            base = found[0].parent  # several models side by side: the first by name
+            versions = [p for p in found if p.parent == base and p.name.isdigit()]
+            return max(versions, key=lambda p: int(p.name)) if versions else found[0]
+    return None
+
+
+def _load_signature(tf: Any, path: Path, signature: str) -> SignatureModel:
+    loaded = tf.saved_model.load(str(path))
+    if signature not in loaded.signatures:
+        available = ", ".join(loaded.signatures) or "none"
+        raise ModelFailure(f"SavedModel {path} has no signature {signature!r} (BYOC_TF_SIGNATURE); it has: {available}")
+    function = loaded.signatures[signature]
+    _, named = function.structured_input_signature
+    inputs = tuple(
+        TensorSpec(name, tuple(spec.shape.as_list()) if spec.shape.rank is not None else (), _numpy_dtype(spec.dtype))
+        for name, spec in sorted(named.items())
+    )
+    return SignatureModel(loaded=loaded, function=function, signature=signature, inputs=inputs)
+
+
+def keras_inputs(model: Any) -> tuple[TensorSpec, ...] | None:
+    """Input specs of a functional/sequential Keras model; None for subclassed models that never declared them."""
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return None
+    if not inputs:
+        return None
+    return tuple(TensorSpec(t.name, tuple(t.shape), np.dtype(t.dtype)) for t in inputs)
+
+
+def _trace_for_any_batch(model: Any) -> None:
+    """Keras traces its predict function per input shape; after two batch sizes it traces one for any
+    batch, so no request pays for a retrace (measured here: ~95 ms on the first request of a new size)."""
+    specs = keras_inputs(model)
+    if not specs or any(spec.dtype.kind == "O" for spec in specs):
+        return
+    for batch in (1, 2):
+        inputs = {spec.name: np.zeros([batch, *[1 if d is None else d for d in spec.shape[1:]]], spec.dtype) for spec in specs}
+        model.predict_on_batch(inputs if len(inputs) > 1 else next(iter(inputs.values())))
+
+
+def _numpy_dtype(dtype: Any) -> np.dtype:
+    return np.dtype(object) if dtype.name == "string" else np.dtype(dtype.as_numpy_dtype)
+
+
+def _array(spec: TensorSpec, value: Any) -> np.ndarray:
+    """``value`` as the spec's dtype, a single example gaining its batch dimension, its shape checked."""
+    try:
+        array = np.asarray(value, dtype=spec.dtype if spec.dtype.kind != "O" else None)
+    except (ValueError, TypeError) as exc:
+        raise BadRequest(f"input {spec.name!r} cannot be read as {spec.dtype}: {exc}") from None
+    if spec.dtype.kind == "O" and array.dtype.kind not in "OSU":
+        raise BadRequest(f"input {spec.name!r} takes strings; got {array.dtype}")
+    if array.ndim == len(spec.shape) - 1:
+        array = array[np.newaxis]
+    if array.ndim != len(spec.shape) or any(d is not None and d != n for d, n in zip(spec.shape, array.shape)):
+        expected = ", ".join("batch" if d is None else str(d) for d in spec.shape)
+        raise BadRequest(f"input {spec.name!r} must have shape ({expected}); got {array.shape}")
+    return array
+
+
+def _tensor(spec: TensorSpec, value: Any) -> Any:
+    import tensorflow as tf
+
+    array = _array(spec, value)
+    return tf.constant(array.astype(bytes) if spec.dtype.kind == "O" else array)
+
+
+def _unknown_input(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {name: _unknown_input(value) for name, value in data.items()}
+    array = np.asarray(data)
+    return array.astype(np.float32) if array.dtype == np.float64 else array
+
+
+def _to_numpy(tensor: Any) -> np.ndarray:
+    array = tensor.numpy()
+    if array.dtype.kind == "O":  # tf.string comes back as bytes objects; JSON needs text
+        return np.char.decode(array.astype(bytes), "utf-8")
+    return array
