@@ -94,12 +94,15 @@ def create_app(settings: Settings, slot: ModelSlot) -> Flask:
 
     @app.get("/execution-parameters")
     def execution_parameters() -> Response:
-        return json_response(
-            {
-                "MaxConcurrentTransforms": settings.max_concurrent_transforms,
-                "BatchStrategy": settings.batch_strategy,
-                "MaxPayloadInMB": settings.max_payload_mb,
-            }
-        )
+        return json_response(batch_parameters(settings))
 
     return app
+
+
+def batch_parameters(settings: Settings) -> dict[str, object]:
+    """What batch transform asks ``GET /execution-parameters`` for."""
+    return {
+        "MaxConcurrentTransforms": settings.max_concurrent_transforms,
+        "BatchStrategy": settings.batch_strategy,
+        "MaxPayloadInMB": settings.max_payload_mb,
+    }

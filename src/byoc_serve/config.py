@@ -52,7 +52,7 @@ class Settings:
     memory_budget_bytes: int | None = None
     memory_reserve_bytes: int = 256 * MIB
     cache_policy: str = "sagemaker"
-    cache_dir: Path = Path(tempfile.gettempdir()) / "byoc-serve-cache"
+    cache_dir: Path = Path(tempfile.gettempdir()) / "byoc-serve-cache-8080"
     disk_budget_bytes: int | None = None
     nginx_bin: str = "nginx"
 
@@ -174,7 +174,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         memory_budget_bytes=_parse(env, "BYOC_MEMORY_BUDGET_MB", _megabytes, None),
         memory_reserve_bytes=_parse(env, "BYOC_MEMORY_RESERVE_MB", _megabytes, 256 * MIB),
         cache_policy=_parse(env, "BYOC_CACHE_POLICY", _choice(CACHE_POLICIES), "sagemaker"),
-        cache_dir=Path(env.get("BYOC_CACHE_DIR") or Path(tempfile.gettempdir()) / "byoc-serve-cache"),
+        cache_dir=Path(env.get("BYOC_CACHE_DIR") or Path(tempfile.gettempdir()) / f"byoc-serve-cache-{port}"),
         disk_budget_bytes=_parse(env, "BYOC_DISK_BUDGET_MB", _megabytes, None),
         nginx_bin=env.get("BYOC_NGINX") or "nginx",
     )

@@ -6,7 +6,6 @@ import textwrap
 
 import numpy as np
 import orjson
-import pytest
 
 from harness import train_sklearn_classifier
 

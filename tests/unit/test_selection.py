@@ -2,7 +2,7 @@ import pytest
 
 from byoc_serve.config import load_settings
 from byoc_serve.errors import BadRequest
-from byoc_serve.selection import select_handler
+from byoc_serve.selection import handler_classes, select_handler
 from harness import train_sklearn_classifier
 
 
@@ -66,9 +66,11 @@ def test_third_party_handlers_register_through_the_entry_point_group(tmp_path, m
         "        return [model] * len(data)\n"
     )
     monkeypatch.syspath_prepend(str(site))
+    handler_classes.cache_clear()  # discovered once per process; this test adds a distribution
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     (model_dir / "constant.txt").write_text("4.5")
     handler = select_handler(model_dir, load_settings({}))
     assert handler.name == "constant"
     assert select_handler(model_dir, load_settings({"BYOC_HANDLER": "constant"})).name == "constant"
+    handler_classes.cache_clear()

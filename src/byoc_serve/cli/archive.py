@@ -12,8 +12,7 @@ import tarfile
 from pathlib import Path
 from typing import IO, Callable, Iterable
 
-from byoc_serve.archives import ARCHIVE_SUFFIXES, UnsafeArchive
-from byoc_serve.archives import check_member as check_runtime_rules
+from byoc_serve.archives import ARCHIVE_SUFFIXES, UnsafeArchive, check_member
 
 __all__ = ["ARCHIVE_SUFFIXES", "UnsafeArchive", "check_member", "extract", "is_archive", "write"]
 
@@ -22,14 +21,6 @@ FAST_GZIP_LEVEL = 1  # the SDK's level 9 costs minutes on large weights for a fe
 
 def is_archive(path: Path) -> bool:
     return path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES)
-
-
-def check_member(member: tarfile.TarInfo) -> None:
-    """The runtime's rules (no absolute paths, no `..`, no devices, no links out) plus SageMaker's
-    extraction rule: no links at all."""
-    check_runtime_rules(member)
-    if member.issym() or member.islnk():
-        raise UnsafeArchive(f"{member.name}: link to {member.linkname} (SageMaker cannot extract links)")
 
 
 def extract(archive: Path, dest: Path) -> Path:

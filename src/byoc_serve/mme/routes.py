@@ -1,0 +1,65 @@
+"""The multi-model routes the HTTP workers serve: ``/models`` and ``/models/{name}``.
+
+Workers hold no models: each route is one call to the model manager, answered with its result or its
+error in the JSON envelope. ``/models/{name}/invoke`` never reaches them; nginx sends it straight to the
+socket of the process that holds the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, request
+
+from byoc_serve.app import TARGET_MODEL, batch_parameters, install_error_handlers, json_response, request_id
+from byoc_serve.config import Settings
+from byoc_serve.errors import BadRequest, ServingError, envelope
+from byoc_serve.mme.protocol import call_manager
+
+log = logging.getLogger("byoc_serve.mme.routes")
+
+
+def create_mme_app(settings: Settings) -> Flask:
+    app = Flask("byoc_serve.mme")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
+    install_error_handlers(app)
+
+    def answer(model: str | None, op: str, **arguments: Any) -> Response:
+        try:
+            return json_response(call_manager(settings.run_dir, op, **arguments))
+        except ServingError as exc:
+            return json_response(envelope(exc.message, exc.status, exc.kind, model, request_id(request)), exc.status)
+
+    @app.post("/models")
+    def load_model() -> Response:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            raise BadRequest('the body must be JSON: {"model_name": "...", "url": "..."}')
+        name, url = body.get("model_name"), body.get("url")
+        target = request.headers.get(TARGET_MODEL)
+        log.info("load requested name=%s url=%s target_model=%s request_id=%s", name, url, target, request_id(request))
+        return answer(name if isinstance(name, str) else None, "load", model_name=name, url=url, target_model=target)
+
+    @app.get("/models")
+    def list_models() -> Response:
+        return answer(None, "list", limit=request.args.get("limit"), next_page_token=request.args.get("next_page_token"))
+
+    @app.get("/models/<name>")
+    def describe_model(name: str) -> Response:
+        return answer(name, "get", model_name=name)
+
+    @app.delete("/models/<name>")
+    def unload_model(name: str) -> Response:
+        log.info("unload requested name=%s target_model=%s request_id=%s", name, request.headers.get(TARGET_MODEL), request_id(request))
+        return answer(name, "unload", model_name=name)
+
+    @app.post("/invocations")
+    def invocations() -> Response:
+        raise ServingError("this is a multi-model endpoint: invoke POST /models/{name}/invoke", status=404, kind="not_found")
+
+    @app.get("/execution-parameters")
+    def execution_parameters() -> Response:
+        return json_response(batch_parameters(settings))
+
+    return app

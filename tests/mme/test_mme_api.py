@@ -1,0 +1,268 @@
+"""The multi-model API as SageMaker calls it (contract.md §2.2), on one real stack per module."""
+
+from __future__ import annotations
+
+import base64
+import os
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from mme_support import (
+    CSV,
+    hostile_tarball,
+    load,
+    sklearn_model,
+    slow_loading,
+    tarball,
+    user_code_model,
+    wait_for,
+    xgboost_model,
+)
+
+
+def test_ping_and_list_answer_before_any_model_is_loaded(mme):
+    assert mme.get("/ping").status_code == 200
+    response = mme.get("/models")
+    assert response.status_code == 200
+    assert response.json() == {"models": []}
+
+
+def test_list_answers_from_the_moment_ping_does(serve_factory, tmp_path):
+    server = serve_factory(env={"SAGEMAKER_MULTI_MODEL": "true", "BYOC_CACHE_DIR": str(tmp_path / "cache")})
+    # serve_factory returns at the first /ping 200; the manager may still be importing frameworks.
+    response = server.get("/models", timeout=2)
+    assert response.status_code == 200 and response.json() == {"models": []}
+
+
+def test_load_answers_200_once_loaded_and_the_model_then_serves(mme, tmp_path):
+    model = sklearn_model(tmp_path / "model")
+    body = load(mme, "iris-1", model)
+    assert body["modelName"] == "iris-1" and body["modelUrl"] == str(model) and body["state"] == "ready"
+    # No polling: a 200 means loaded and warmed, so the very next invoke is served.
+    response = mme.post("/models/iris-1/invoke", **CSV)
+    assert response.status_code == 200, response.text
+    assert response.json() == [1]
+    described = mme.get("/models/iris-1").json()
+    assert described["modelName"] == "iris-1" and described["modelUrl"] == str(model)
+    assert described["memoryBytes"] > 0
+    assert {"modelName": "iris-1", "modelUrl": str(model)} in mme.get("/models").json()["models"]
+
+
+def test_duplicate_load_returns_409(mme, tmp_path):
+    model = sklearn_model(tmp_path / "model")
+    load(mme, "dup", model)
+    response = mme.post("/models", json={"model_name": "dup", "url": str(model)})
+    assert response.status_code == 409
+    assert response.json()["type"] == "model_already_loaded" and response.json()["model"] == "dup"
+    assert mme.post("/models/dup/invoke", **CSV).status_code == 200
+
+
+def test_a_model_still_loading_is_not_listed_and_cannot_be_deleted(mme, tmp_path):
+    model = slow_loading(user_code_model(tmp_path / "model", "slow"), 1.5)
+    with ThreadPoolExecutor(1) as pool:
+        loading = pool.submit(mme.post, "/models", json={"model_name": "slowpoke", "url": str(model)})
+        wait_for(lambda: "(it is loading)" in mme.get("/models/slowpoke").json()["error"])
+        assert mme.get("/models/slowpoke").status_code == 404
+        assert "slowpoke" not in [m["modelName"] for m in mme.get("/models").json()["models"]]
+        deleted = mme.delete("/models/slowpoke")
+        assert deleted.status_code == 404 and "loading" in deleted.json()["error"]
+        assert loading.result().status_code == 200
+    assert mme.post("/models/slowpoke/invoke", **CSV).json()[0] == "slow"
+
+
+def test_missing_artifact_returns_404_and_nothing_is_registered(mme, tmp_path):
+    response = mme.post("/models", json={"model_name": "ghost", "url": str(tmp_path / "nowhere")})
+    assert response.status_code == 404
+    assert response.json()["type"] == "artifact_not_found"
+    assert mme.get("/models/ghost").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "make_url",
+    [
+        lambda tmp: str(tmp),  # an empty directory
+        lambda tmp: (tmp / "model.joblib").write_bytes(os.urandom(512)) and str(tmp),  # not a model
+        lambda tmp: "relative/path",
+        lambda tmp: (tmp / "notes.txt").write_text("hi") and str(tmp / "notes.txt"),  # a file, not an archive
+        lambda tmp: (tmp / "model.tar.gz").write_bytes(b"not gzip") and str(tmp / "model.tar.gz"),
+    ],
+    ids=["empty-dir", "garbage-model", "relative", "plain-file", "corrupt-archive"],
+)
+def test_unusable_artifact_returns_400_with_a_reason(mme, tmp_path, make_url):
+    response = mme.post("/models", json={"model_name": "broken", "url": make_url(tmp_path)})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] and response.json()["code"] == 400
+    assert mme.get("/models/broken").status_code == 404
+    # A failed load leaves nothing behind: the same name loads fine afterwards.
+    load(mme, "broken", sklearn_model(tmp_path / "good"))
+    assert mme.delete("/models/broken").status_code == 200
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", "bad\x01name", "", "x" * 300, ".hidden", "a..b", "tab\tname"])
+def test_invalid_model_names_are_rejected_with_400_before_touching_a_path(mme, tmp_path, name):
+    model = sklearn_model(tmp_path / "model")
+    before = set(os.listdir(mme.run_dir / "models"))
+    response = mme.post("/models", json={"model_name": name, "url": str(model)})
+    assert response.status_code == 400, response.text
+    assert set(os.listdir(mme.run_dir / "models")) == before
+    assert not (tmp_path / "escape").exists()
+
+
+def test_body_without_model_name_or_url_returns_400(mme):
+    assert mme.post("/models", data="not json", headers={"Content-Type": "application/json"}).status_code == 400
+    assert mme.post("/models", json={"url": "/tmp"}).status_code == 400
+    assert mme.post("/models", json={"model_name": "nourl"}).status_code == 400
+
+
+def test_unknown_model_gets_404_json_on_get_delete_and_invoke(mme):
+    for response in (mme.get("/models/unknown"), mme.delete("/models/unknown"), mme.post("/models/unknown/invoke", **CSV)):
+        assert response.status_code == 404
+        assert response.json()["type"] == "model_not_loaded"
+        assert response.json()["model"] == "unknown"
+
+
+def test_delete_unloads_and_later_invokes_get_404(mme, tmp_path):
+    load(mme, "gone", sklearn_model(tmp_path / "model"))
+    pid = mme.get("/models/gone").json()["pid"]
+    response = mme.delete("/models/gone")
+    assert response.status_code == 200
+    assert response.json()["modelName"] == "gone"
+    assert not os.path.exists(f"/proc/{pid}")  # the process holding the model is gone when DELETE answers
+    assert mme.post("/models/gone/invoke", **CSV).status_code == 404
+    assert all(m["modelName"] != "gone" for m in mme.get("/models").json()["models"])
+    assert mme.delete("/models/gone").status_code == 404
+
+
+def test_invoke_keeps_the_codecs_accept_and_custom_attributes_of_invocations(mme, tmp_path):
+    load(mme, "codecs", sklearn_model(tmp_path / "model"))
+    csv_out = mme.post("/models/codecs/invoke", data="0.5,1,-0.3,2\n-3,-3,0,0", headers={"Content-Type": "text/csv", "Accept": "text/csv"})
+    assert csv_out.status_code == 200 and csv_out.headers["Content-Type"].startswith("text/csv")
+    assert csv_out.text.split() == ["1", "0"]
+    as_json = mme.post("/models/codecs/invoke", json={"instances": [[0.5, 1, -0.3, 2]]})
+    assert as_json.status_code == 200 and as_json.json() == [1]
+    probabilities = mme.post(
+        "/models/codecs/invoke", **{**CSV, "headers": {**CSV["headers"], "X-Amzn-SageMaker-Custom-Attributes": "predict_method=predict_proba"}}
+    )
+    assert probabilities.status_code == 200 and len(probabilities.json()[0]) == 2
+    not_acceptable = mme.post("/models/codecs/invoke", **{**CSV, "headers": {**CSV["headers"], "Accept": "image/png"}})
+    assert not_acceptable.status_code == 406 and not_acceptable.json()["model"] == "codecs"
+    unsupported = mme.post("/models/codecs/invoke", data=b"\x00", headers={"Content-Type": "image/png"})
+    assert unsupported.status_code == 415 and unsupported.json()["type"] == "unsupported_content_type"
+    assert mme.post("/models/codecs/invoke", data=b"", headers={"Content-Type": "text/csv"}).status_code == 204
+
+
+def test_target_model_header_reaches_the_model_and_the_log(mme, tmp_path):
+    header = {"X-Amzn-SageMaker-Target-Model": "fraud/v3/model.tar.gz"}
+    load(mme, "targeted", user_code_model(tmp_path / "model", "t"), headers=header)
+    response = mme.post("/models/targeted/invoke", **{**CSV, "headers": {**CSV["headers"], **header}})
+    assert response.status_code == 200, response.text
+    assert response.json() == ["t", "fraud/v3/model.tar.gz"]
+    assert "name=targeted url=" in mme.log() and "target_model=fraud/v3/model.tar.gz" in mme.log()
+
+
+def test_models_with_their_own_inference_py_do_not_collide(mme, tmp_path):
+    load(mme, "user-a", user_code_model(tmp_path / "a", "from-a"))
+    load(mme, "user-b", user_code_model(tmp_path / "b", "from-b"))
+    assert mme.post("/models/user-a/invoke", **CSV).json()[0] == "from-a"
+    assert mme.post("/models/user-b/invoke", **CSV).json()[0] == "from-b"
+
+
+def test_xgboost_model_loads_and_predicts(mme, tmp_path):
+    body = load(mme, "xgb", xgboost_model(tmp_path / "model"))
+    assert body["handler"] == "xgboost"
+    response = mme.post("/models/xgb/invoke", **CSV)
+    assert response.status_code == 200, response.text
+    assert 0.5 < response.json()[0] < 1.0
+
+
+def test_list_paginates_across_35_models(mme, tmp_path):
+    model = sklearn_model(tmp_path / "model")
+    names = [f"page-{i:02d}" for i in range(35)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda name: load(mme, name, model), names))
+    seen, token, pages = [], None, 0
+    while True:
+        params = {"limit": 10, **({"next_page_token": token} if token else {})}
+        body = mme.get("/models", params=params).json()
+        pages += 1
+        assert len(body["models"]) <= 10
+        seen += [m["modelName"] for m in body["models"] if m["modelName"].startswith("page-")]
+        token = body.get("nextPageToken")
+        if token is None:
+            break
+        assert pages < 20
+    assert sorted(seen) == names and len(seen) == len(set(seen))
+    assert pages >= 4
+    assert mme.get("/models", params={"limit": "ten"}).status_code == 400
+    assert mme.get("/models", params={"limit": 0}).status_code == 400
+    bad_token = base64.urlsafe_b64encode(b"\xff\xfe").decode()
+    assert mme.get("/models", params={"next_page_token": bad_token}).status_code == 400
+    with ThreadPoolExecutor(4) as pool:
+        assert all(r.status_code == 200 for r in pool.map(lambda name: mme.delete(f"/models/{name}"), names))
+
+
+def test_directory_url_is_used_in_place_and_never_written(mme, tmp_path):
+    model = sklearn_model(tmp_path / "model")
+    snapshot = {p: p.stat().st_mtime_ns for p in [model, *model.rglob("*")]}
+    model.chmod(0o555)  # read-only, like /opt/ml/models on SageMaker
+    try:
+        load(mme, "in-place", model)
+        assert mme.post("/models/in-place/invoke", **CSV).status_code == 200
+        assert mme.delete("/models/in-place").status_code == 200
+    finally:
+        model.chmod(0o755)
+    assert {p: p.stat().st_mtime_ns for p in [model, *model.rglob("*")]} == snapshot
+
+
+def test_tar_gz_artifact_is_extracted_and_served(mme, tmp_path):
+    archive = tarball(user_code_model(tmp_path / "src", "packed"), tmp_path / "model.tar.gz")
+    load(mme, "packed", archive)
+    assert mme.post("/models/packed/invoke", **CSV).json()[0] == "packed"
+    assert mme.get("/models/packed").json()["modelUrl"] == str(archive)
+
+
+def _symlink(name: str, target: str) -> tarfile.TarInfo:
+    member = tarfile.TarInfo(name)
+    member.type, member.linkname = tarfile.SYMTYPE, target
+    return member
+
+
+def _hardlink(name: str, target: str) -> tarfile.TarInfo:
+    member = tarfile.TarInfo(name)
+    member.type, member.linkname = tarfile.LNKTYPE, target
+    return member
+
+
+def _device(name: str) -> tarfile.TarInfo:
+    member = tarfile.TarInfo(name)
+    member.type = tarfile.CHRTYPE
+    return member
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        tarfile.TarInfo("../escaped.txt"),
+        tarfile.TarInfo("code/../../escaped.txt"),
+        tarfile.TarInfo("/tmp/absolute-escape.txt"),
+        _symlink("link", "/etc/passwd"),
+        _symlink("code/link", "../../outside"),
+        _hardlink("hard", "/etc/passwd"),
+        _device("dev"),
+    ],
+    ids=["dotdot", "nested-dotdot", "absolute", "symlink-absolute", "symlink-up", "hardlink-absolute", "device"],
+)
+def test_tar_slip_archives_are_rejected_with_400(mme, tmp_path, member):
+    archive = hostile_tarball(tmp_path / "model.tar.gz", member)
+    cache = Path(mme.env["BYOC_CACHE_DIR"])
+    before = set(os.listdir(cache))
+    response = mme.post("/models", json={"model_name": "slip", "url": str(archive)})
+    assert response.status_code == 400, response.text
+    assert response.json()["type"] == "unsafe_archive"
+    # Checked before a single byte is extracted: nothing new in the cache, nothing next to it.
+    assert set(os.listdir(cache)) == before
+    assert not (cache.parent / "escaped.txt").exists() and not os.path.exists("/tmp/absolute-escape.txt")
+    assert mme.get("/models/slip").status_code == 404
