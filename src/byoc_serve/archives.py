@@ -113,6 +113,11 @@ def check_member(member: tarfile.TarInfo) -> None:
         raise UnsafeArchive(f"archive member {name!r} is a link to {member.linkname!r}; SageMaker cannot extract links")
 
 
+# The "data" filter is a second guard (drops set-uid bits, odd permissions, foreign owners). Pythons
+# before 3.11.4 (Debian 12's 3.11.2) lack it: extracting without attributes gives the same result.
+SAFE_EXTRACT = {"filter": "data"} if hasattr(tarfile, "data_filter") else {"set_attrs": False}
+
+
 def extract_archive(path: Path, destination: Path) -> int:
     """Extract a checked archive into ``destination`` (created); returns the bytes written."""
     _remove(destination)  # a stale partial copy from a load that was killed
@@ -121,8 +126,7 @@ def extract_archive(path: Path, destination: Path) -> int:
         with tarfile.open(path, "r:*") as tar:
             for member in tar:
                 check_member(member)  # the archive may have changed since inspect_archive
-                # The "data" filter is a second guard: it also drops set-uid bits and odd permissions.
-                tar.extract(member, destination, filter="data")
+                tar.extract(member, destination, **SAFE_EXTRACT)
     except (tarfile.TarError, EOFError) as exc:
         raise BadRequest(f"{path.name} could not be extracted: {exc}") from None
     return directory_bytes(destination)

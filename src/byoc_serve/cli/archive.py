@@ -12,7 +12,7 @@ import tarfile
 from pathlib import Path
 from typing import IO, Callable, Iterable
 
-from byoc_serve.archives import ARCHIVE_SUFFIXES, UnsafeArchive, check_member
+from byoc_serve.archives import ARCHIVE_SUFFIXES, SAFE_EXTRACT, UnsafeArchive, check_member
 
 __all__ = ["ARCHIVE_SUFFIXES", "UnsafeArchive", "check_member", "extract", "is_archive", "write"]
 
@@ -32,7 +32,7 @@ def extract(archive: Path, dest: Path) -> Path:
             members = tar.getmembers()
             for member in members:
                 check_member(member)
-            tar.extractall(dest, members=members, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+            tar.extractall(dest, members=members, **SAFE_EXTRACT)
     except (tarfile.TarError, EOFError) as exc:
         raise UnsafeArchive(f"{archive.name} is not a readable tar archive: {exc}") from None
     make_readable(dest)
