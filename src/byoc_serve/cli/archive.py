@@ -32,7 +32,8 @@ def extract(archive: Path, dest: Path) -> Path:
             members = tar.getmembers()
             for member in members:
                 check_member(member)
-            tar.extractall(dest, members=members, **SAFE_EXTRACT)
+            for member in members:
+                tar.extract(member, dest, **SAFE_EXTRACT)
     except (tarfile.TarError, EOFError) as exc:
         raise UnsafeArchive(f"{archive.name} is not a readable tar archive: {exc}") from None
     make_readable(dest)
