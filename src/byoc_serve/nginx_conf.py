@@ -22,6 +22,11 @@ def render_nginx_conf(settings: Settings, template: str | None = None) -> str:
     access_log = settings.run_dir / "access.log"  # a FIFO that serve relays to stdout
     values = {
         "run_dir": str(settings.run_dir),
+        # One upstream server per gunicorn worker (see byoc_serve.workers.listen_for_worker); a worker
+        # that is restarting has no socket, and nginx moves on to the next.
+        "app_servers": "\n        ".join(
+            f"server unix:{settings.run_dir}/workers/{slot}.sock max_fails=0;" for slot in range(settings.workers)
+        ),
         "listen": str(settings.port),
         "listen_v6": f"listen [::]:{settings.port} reuseport backlog=4096;" if _ipv6_available() else "",
         "max_body_bytes": str(settings.max_payload_bytes),

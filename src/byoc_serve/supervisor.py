@@ -86,7 +86,7 @@ class Supervisor:
         run_dir = self.settings.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(run_dir, 0o755)
-        for stale in ("status", "models", "gunicorn.sock"):
+        for stale in ("status", "models", "workers", "gunicorn.sock"):
             path = run_dir / stale
             if path.is_dir():
                 shutil.rmtree(path)

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
@@ -37,6 +40,7 @@ class ServingApplication(BaseApplication):
     def load_config(self) -> None:
         s = self.settings
         options = {
+            # gunicorn insists on a listener of its own; workers accept on their own sockets instead.
             "bind": [f"unix:{s.run_dir / 'gunicorn.sock'}"],
             "workers": s.workers,
             "worker_class": "gthread",
@@ -52,7 +56,7 @@ class ServingApplication(BaseApplication):
             "loglevel": s.log_level.lower(),
             "control_socket_disable": True,
             "umask": 0o007 if _nginx_shares_our_user() else 0,
-            "when_ready": self._when_ready,
+            "pre_fork": self._pre_fork,
             "post_worker_init": self._post_worker_init,
         }
         for key, value in options.items():
@@ -61,20 +65,46 @@ class ServingApplication(BaseApplication):
     def load(self) -> Flask:
         return self.app
 
-    def _when_ready(self, server: Any) -> None:
-        if self.on_worker_start is None:
-            readiness.mark_ready(self.settings.run_dir)
-            log.info("phase=ready workers=%d threads=%d", self.settings.workers, self.settings.threads)
+    def _pre_fork(self, server: Any, worker: Any) -> None:
+        """Give the new worker the lowest free slot; a replaced worker takes over its predecessor's."""
+        taken = {getattr(w, "slot", None) for w in server.WORKERS.values()}
+        worker.slot = min(set(range(self.settings.workers)) - taken)
 
     def _post_worker_init(self, worker: Any) -> None:
         if self.on_worker_start is not None:
             self.on_worker_start()
+        # Listen only once the model is loaded, so nginx never queues a request on a worker still loading;
+        # the first worker listening makes the container ready.
+        worker.sockets = [listen_for_worker(self.settings.run_dir, worker.slot, self.cfg.backlog)]
+        if not readiness.is_ready(self.settings.run_dir):
+            readiness.mark_ready(self.settings.run_dir)
+            log.info("phase=ready workers=%d threads=%d", self.settings.workers, self.settings.threads)
+
+
+def worker_socket(run_dir: Path, slot: int) -> Path:
+    return run_dir / "workers" / f"{slot}.sock"
+
+
+def listen_for_worker(run_dir: Path, slot: int, backlog: int) -> socket.socket:
+    """A unix socket of this worker's own.
+
+    With one shared socket, nginx's kept-alive upstream connections stick to whichever worker
+    accepted them first (measured: one worker doing 72 % of the work at 8 connections); one socket
+    per worker lets nginx spread requests round-robin and still keep connections alive.
+    """
+    path = worker_socket(run_dir, slot)
+    path.parent.mkdir(exist_ok=True)
+    path.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    os.chmod(path, 0o777 if os.geteuid() == 0 else 0o770)  # as root, nginx workers run as another user
+    listener.listen(backlog)
+    listener.setblocking(False)
+    return listener
 
 
 def _nginx_shares_our_user() -> bool:
     """As root, nginx workers run as another user and need a world-accessible socket."""
-    import os
-
     return os.geteuid() != 0
 
 
@@ -94,8 +124,6 @@ def build_single_model(settings: Settings) -> ServingApplication:
     def load_in_worker() -> None:
         readiness.report_starting(settings.run_dir, "load", f"{handler.name}, in each worker after fork")
         slot.servable = Servable.load(settings.model_dir, settings, handler=handler)
-        readiness.mark_ready(settings.run_dir)
-        log.info("phase=ready handler=%s loaded after fork", handler.name)
 
     return ServingApplication(settings, app, on_worker_start=load_in_worker)
 

@@ -147,7 +147,7 @@ def test_log_level_debug_logs_requests_and_warning_hides_info(serve_factory, tmp
 
 def test_unreachable_app_gives_502_as_json_not_html(serve_factory, tmp_path):
     server = serve_factory(train_sklearn_classifier(tmp_path / "m"), {"BYOC_WORKERS": "1"})
-    (server.run_dir / "gunicorn.sock").unlink()  # no upstream connection exists yet: only /ping was asked
+    (server.run_dir / "workers" / "0.sock").unlink()  # no upstream connection exists yet: only /ping was asked
     response = server.post("/invocations", data="1,2,3,4", headers={"Content-Type": "text/csv"})
     assert response.status_code == 502
     assert response.headers["Content-Type"].startswith("application/json")

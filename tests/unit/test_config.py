@@ -52,10 +52,10 @@ def test_threads_per_worker_split_the_cores():
 
 
 def test_one_timeout_and_one_payload_limit_reach_nginx():
-    conf = render_nginx_conf(load_settings({"BYOC_TIMEOUT": "17", "BYOC_MAX_PAYLOAD_MB": "3", "BYOC_RUN_DIR": "/x"}))
+    conf = render_nginx_conf(load_settings({"BYOC_TIMEOUT": "17", "BYOC_MAX_PAYLOAD_MB": "3", "BYOC_RUN_DIR": "/x", "BYOC_WORKERS": "1"}))
     assert "proxy_read_timeout 17s;" in conf
     assert f"client_max_body_size {3 * MIB};" in conf
-    assert "unix:/x/gunicorn.sock" in conf
+    assert "server unix:/x/workers/0.sock" in conf and "server unix:/x/workers/1.sock" not in conf
     assert "{{" not in conf
 
 
