@@ -21,6 +21,7 @@ def serve_factory() -> Iterator[Callable[..., ServeProcess]]:
     for server in started:
         server.stop()
         shutil.rmtree(server.run_dir, ignore_errors=True)
+        server.log_path.unlink(missing_ok=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

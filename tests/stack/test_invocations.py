@@ -33,6 +33,7 @@ def server(model_dir):
     yield proc
     proc.stop()
     shutil.rmtree(proc.run_dir, ignore_errors=True)
+    proc.log_path.unlink(missing_ok=True)
 
 
 def post(server, body, content_type, accept=None, **headers):
