@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,36 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+NOBODY = 65534
+
+
+def wait_for_ping(url: str, timeout: float, alive=lambda: True) -> bool:
+    """Poll ``url``/ping (2 s per try, as SageMaker does) until 200, ``timeout`` passes or ``alive()`` is false."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive():
+        try:
+            if requests.get(url + "/ping", timeout=2).status_code == 200:
+                return True
+        except requests.RequestException:
+            pass
+        time.sleep(0.05)
+    return False
+
+
+def as_nobody(command: list[str]) -> list[str]:
+    """``command`` run as the unprivileged user ``nobody`` with no groups.
+
+    When the interpreter lives under a private home (pyenv in /root) that user could not even start
+    it: then it may search and read there; every write is still made as nobody.
+    """
+    interpreter = Path(sys.executable).resolve()
+    reachable = all(p.stat().st_mode & stat.S_IXOTH for p in (interpreter, *interpreter.parents))
+    setpriv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    if not reachable:
+        setpriv += ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
+    return [*setpriv, *command]
 
 
 class ServeProcess:
@@ -52,16 +83,10 @@ class ServeProcess:
         return self
 
     def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"serve exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if requests.get(self.url + "/ping", timeout=2).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.05)
+        if wait_for_ping(self.url, timeout, alive=lambda: self.proc.poll() is None):
+            return
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"serve exited with {self.proc.returncode}:\n{self.log()}")
         raise TimeoutError(f"serve not ready within {timeout}s:\n{self.log()}")
 
     def request(self, method: str, path: str, **kwargs) -> requests.Response:

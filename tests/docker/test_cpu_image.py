@@ -13,6 +13,7 @@ import requests
 from byoc_serve.cli import main
 from byoc_serve.cli.container import free_port
 from byoc_serve.cli.exits import CHECK_FAILED
+from harness import wait_for_ping
 
 pytestmark = pytest.mark.docker
 
@@ -72,15 +73,7 @@ def test_docker_run_serve_is_pid_1_and_exits_0_on_sigterm(docker_client, cpu_ima
         environment={"SAGEMAKER_BIND_TO_PORT": str(port)},
         volumes={str(models.sklearn): {"bind": "/opt/ml/model", "mode": "ro"}})
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.25)
-        else:
+        if not wait_for_ping(f"http://127.0.0.1:{port}", 120):
             pytest.fail("no 200 from /ping: " + box.logs(tail=30).decode())
         pid1 = box.exec_run(["cat", "/proc/1/cmdline"]).output.split(b"\0")
         assert pid1[1].endswith(b"/serve")  # interpreter, then the serve script: no shell in between
@@ -106,14 +99,7 @@ def test_byoc_run_serves_archive_until_sigterm_then_removes_container(docker_cli
                             "run", str(models.archive), "--image", cpu_image, "--port", str(port)],
                            stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and cli.poll() is None:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.25)
+        wait_for_ping(f"http://127.0.0.1:{port}", 120, alive=lambda: cli.poll() is None)
         answer = requests.post(f"http://127.0.0.1:{port}/invocations", data="0.9,0.8,0.7\n",
                                headers={"Content-Type": "text/csv"}, timeout=60)
         assert answer.status_code == 200, (tmp_path / "run.log").read_text()[-2000:]

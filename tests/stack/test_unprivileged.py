@@ -7,15 +7,12 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from harness import SERVE, free_port, train_sklearn_classifier
-
-NOBODY = 65534
+from harness import NOBODY, SERVE, as_nobody, free_port, train_sklearn_classifier, wait_for_ping
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to an unprivileged user")
@@ -31,20 +28,10 @@ def test_serve_runs_as_an_unprivileged_user():
     port = free_port()
     env = {**os.environ, "SAGEMAKER_BIND_TO_PORT": str(port), "BYOC_MODEL_DIR": str(model_dir),
            "BYOC_RUN_DIR": str(run_dir), "BYOC_WORKERS": "1", "HOME": str(base / "home")}
-    proc = subprocess.Popen(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", SERVE],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(as_nobody([SERVE]), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        status = None
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                status = requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code
-                if status == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.1)
-        assert status == 200, proc.stdout.read().decode() if proc.poll() is not None else "not ready"
+        ready = wait_for_ping(f"http://127.0.0.1:{port}", 60, alive=lambda: proc.poll() is None)
+        assert ready, proc.stdout.read().decode() if proc.poll() is not None else "not ready"
         response = requests.post(f"http://127.0.0.1:{port}/invocations", data="1,2,3,4", headers={"Content-Type": "text/csv"}, timeout=10)
         assert response.status_code == 200, response.text
         owners = {p.stat().st_uid for p in run_dir.rglob("*")}
