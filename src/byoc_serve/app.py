@@ -1,16 +1,18 @@
-"""The Flask app behind nginx: /invocations, /execution-parameters, and the JSON error envelope."""
+"""The WSGI app behind nginx: /invocations, /execution-parameters, and the JSON error envelope."""
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
 
 import orjson
 from flask import Flask, Request, Response, request
 from werkzeug.exceptions import HTTPException
 
 from byoc_serve.config import Settings
-from byoc_serve.errors import NotReady, ServingError, envelope
+from byoc_serve.errors import NotReady, PayloadTooLarge, ServingError, envelope
 from byoc_serve.servable import Invocation, Servable
 
 log = logging.getLogger("byoc_serve.app")
@@ -18,12 +20,16 @@ log = logging.getLogger("byoc_serve.app")
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 TARGET_MODEL = "X-Amzn-SageMaker-Target-Model"
 
+WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
+REASONS = {status.value: status.phrase for status in HTTPStatus}
+
 
 class ModelSlot:
-    """Where a worker keeps its servable; empty until the model is loaded (before or after fork)."""
+    """Where a worker keeps its servable (empty until loaded, before or after fork) and its model's name."""
 
-    def __init__(self, servable: Servable | None = None):
+    def __init__(self, servable: Servable | None = None, name: str | None = None):
         self.servable = servable
+        self.name = name
 
 
 def request_id(req: Request) -> str:
@@ -31,25 +37,83 @@ def request_id(req: Request) -> str:
     return req.headers.get("X-Request-Id") or uuid.uuid4().hex
 
 
-def invoke(servable: Servable, req: Request) -> Response:
-    """Serve one inference request with ``servable`` (shared by /invocations and MME model hosts)."""
-    body = req.get_data(cache=False)
-    if not body:
-        return Response(status=204)
-    result = servable.invoke(
-        Invocation(
-            body=body,
-            content_type=req.headers.get("Content-Type"),
-            accept=req.headers.get("Accept"),
-            custom_attributes=req.headers.get(CUSTOM_ATTRIBUTES),
-            request_id=request_id(req),
-            target_model=req.headers.get(TARGET_MODEL),
-        )
+def invocation(environ: dict, body: bytes, rid: str) -> Invocation:
+    """The HTTP-free request the pipeline sees, from a WSGI environ and the body already read."""
+    return Invocation(
+        body=body,
+        content_type=environ.get("CONTENT_TYPE"),
+        accept=environ.get("HTTP_ACCEPT"),
+        custom_attributes=environ.get("HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES"),
+        request_id=rid,
+        target_model=environ.get("HTTP_X_AMZN_SAGEMAKER_TARGET_MODEL"),
     )
-    response = Response(result.body, 200, content_type=result.content_type)
-    if result.custom_attributes:
-        response.headers[CUSTOM_ATTRIBUTES] = result.custom_attributes
-    return response
+
+
+def error_body(exc: BaseException, rid: str, model_name: str | None) -> tuple[int, bytes]:
+    """Status and envelope for any exception; server-side failures are logged with the request id."""
+    if isinstance(exc, ServingError):
+        if exc.status >= 500:
+            log.error("request_id=%s model=%s status=%s %s", rid, model_name, exc.status, exc.message)
+        return exc.status, orjson.dumps(envelope(exc.message, exc.status, exc.kind, model_name, rid))
+    log.error("request_id=%s model=%s unhandled error", rid, model_name, exc_info=exc)
+    message = f"internal error; see the server log for request {rid}"
+    return 500, orjson.dumps(envelope(message, 500, "internal_error", model_name, rid))
+
+
+class InvokeRoute:
+    """``POST <path>`` answered straight from the WSGI environ; every other request goes to ``fallback``.
+
+    Flask's request and response objects cost about a quarter of a worker's CPU on a one-row request
+    (py-spy, issue 2's benchmark), and inference is the only hot route, so it does without them.
+    """
+
+    def __init__(self, path: str, slot: ModelSlot, fallback: WSGIApp, max_payload_bytes: int):
+        self.path = path
+        self.slot = slot
+        self.fallback = fallback
+        self.max_payload_bytes = max_payload_bytes
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != self.path:
+            return self.fallback(environ, start_response)
+        rid = environ.get("HTTP_X_REQUEST_ID") or uuid.uuid4().hex
+        headers: list[tuple[str, str]] = []
+        try:
+            if environ.get("REQUEST_METHOD") != "POST":
+                headers.append(("Allow", "POST"))
+                raise ServingError(f"{self.path} accepts POST only", status=405, kind="method_not_allowed")
+            status, body, content_type = self.answer(environ, rid, headers)
+        except Exception as exc:
+            status, body = error_body(exc, rid, self.slot.name)
+            content_type = "application/json"
+        if body or status != 204:
+            headers += [("Content-Type", content_type), ("Content-Length", str(len(body)))]
+        start_response(f"{status} {REASONS.get(status, 'Error')}", headers)
+        return [body]
+
+    def answer(self, environ: dict, rid: str, headers: list[tuple[str, str]]) -> tuple[int, bytes, str]:
+        servable = self.slot.servable
+        if servable is None:
+            raise NotReady("the model is not loaded yet")
+        body = self.read_body(environ)
+        if not body:
+            return 204, b"", ""
+        result = servable.invoke(invocation(environ, body, rid))
+        if result.custom_attributes:
+            headers.append((CUSTOM_ATTRIBUTES, result.custom_attributes))
+        return 200, result.body, result.content_type
+
+    def read_body(self, environ: dict) -> bytes:
+        too_large = PayloadTooLarge(f"the body is larger than the {self.max_payload_bytes}-byte limit")
+        length = environ.get("CONTENT_LENGTH")
+        if length:
+            if int(length) > self.max_payload_bytes:
+                raise too_large
+            return environ["wsgi.input"].read(int(length))
+        body = environ["wsgi.input"].read(self.max_payload_bytes + 1)  # chunked: no length up front
+        if len(body) > self.max_payload_bytes:
+            raise too_large
+        return body
 
 
 def json_response(payload: object, status: int = 200) -> Response:
@@ -59,13 +123,6 @@ def json_response(payload: object, status: int = 200) -> Response:
 def install_error_handlers(app: Flask, model_name: str | None = None) -> None:
     """Every error leaves as the one JSON envelope; tracebacks stay in the log."""
 
-    @app.errorhandler(ServingError)
-    def serving_error(exc: ServingError) -> Response:
-        rid = request_id(request)
-        if exc.status >= 500:
-            log.error("request_id=%s status=%s %s", rid, exc.status, exc.message)
-        return json_response(envelope(exc.message, exc.status, exc.kind, model_name, rid), exc.status)
-
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
@@ -73,30 +130,22 @@ def install_error_handlers(app: Flask, model_name: str | None = None) -> None:
         return json_response(envelope(exc.description or exc.name, status, kind, model_name, request_id(request)), status)
 
     @app.errorhandler(Exception)
-    def unexpected(exc: Exception) -> Response:
-        rid = request_id(request)
-        log.exception("request_id=%s unhandled error", rid)
-        message = f"internal error; see the server log for request {rid}"
-        return json_response(envelope(message, 500, "internal_error", model_name, rid), 500)
+    def any_error(exc: Exception) -> Response:
+        status, body = error_body(exc, request_id(request), model_name)
+        return Response(body, status, content_type="application/json")
 
 
-def create_app(settings: Settings, slot: ModelSlot) -> Flask:
+def create_app(settings: Settings, slot: ModelSlot) -> WSGIApp:
     """The single-model app (the multi-model routes are added by byoc_serve.mme when enabled)."""
     app = Flask("byoc_serve")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
     install_error_handlers(app)
 
-    @app.post("/invocations")
-    def invocations() -> Response:
-        if slot.servable is None:
-            raise NotReady("the model is not loaded yet")
-        return invoke(slot.servable, request)
-
     @app.get("/execution-parameters")
     def execution_parameters() -> Response:
         return json_response(batch_parameters(settings))
 
-    return app
+    return InvokeRoute("/invocations", slot, app, settings.max_payload_bytes)
 
 
 def batch_parameters(settings: Settings) -> dict[str, object]:

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, NoReturn
 
-from flask import Flask, Response, request
+from flask import Flask
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-from byoc_serve.app import install_error_handlers, invoke, json_response, request_id
+from byoc_serve.app import InvokeRoute, ModelSlot, install_error_handlers
 from byoc_serve.archives import (
     ArtifactSource,
     download_path,
@@ -33,7 +33,7 @@ from byoc_serve.archives import (
     s3_object_size,
 )
 from byoc_serve.config import Settings
-from byoc_serve.errors import BadRequest, InsufficientMemory, ServingError, envelope
+from byoc_serve.errors import BadRequest, InsufficientMemory, ServingError
 from byoc_serve.memory import estimate_bytes
 from byoc_serve.mme import protocol
 from byoc_serve.mme.activity import Activity
@@ -185,37 +185,22 @@ class HostApp:
     (werkzeug compiles a route in ~10 ms); a host only tells it which model it holds."""
 
     def __init__(self, settings: Settings):
-        self.name: str | None = None
-        self.servable: Servable | None = None
+        self.slot = ModelSlot()
         self.activity: Activity | None = None
         app = Flask("byoc_serve.host", static_folder=None)
-        app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
         install_error_handlers(app)
-
-        @app.errorhandler(ServingError)
-        def serving_error(exc: ServingError) -> Response:  # app.py's handler, naming this host's model
-            rid = request_id(request)
-            if exc.status >= 500:
-                log.error("request_id=%s model=%s status=%s %s", rid, self.name, exc.status, exc.message)
-            return json_response(envelope(exc.message, exc.status, exc.kind, self.name, rid), exc.status)
-
-        @app.post("/invoke")
-        def invoke_model() -> Response:
-            assert self.servable is not None
-            return invoke(self.servable, request)
-
-        self.flask_app = app
+        self.route = InvokeRoute("/invoke", self.slot, app, settings.max_payload_bytes)
 
     def hold(self, name: str, servable: Servable, activity: Activity) -> None:
         activity.attach()
-        self.name, self.servable, self.activity = name, servable, activity
+        self.slot.name, self.slot.servable, self.activity = name, servable, activity
 
     def __call__(self, environ: dict, start_response: Any) -> Iterable[bytes]:
         activity = self.activity
         assert activity is not None
         activity.begin()
         try:
-            return CountedBody(self.flask_app.wsgi_app(environ, start_response), activity)
+            return CountedBody(self.route(environ, start_response), activity)
         except BaseException:
             activity.end()
             raise
