@@ -39,7 +39,7 @@ class Settings:
     timeout_s: int = 60
     max_payload_bytes: int = 6 * MIB
     workers: int = 2
-    threads: int = 4
+    threads: int = 1
     intra_op_threads: int = 1
     batch: bool = False
     batch_strategy: str = "MULTI_RECORD"
@@ -141,6 +141,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     timeout = _parse(env, "BYOC_TIMEOUT", _positive_int, timeout)
     payload = _parse(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", _megabytes, 6 * MIB)
     payload = _parse(env, "BYOC_MAX_PAYLOAD_MB", _megabytes, payload)
+    multi_model = _parse(env, "SAGEMAKER_MULTI_MODEL", _bool, False)
     workers = _parse(env, "SAGEMAKER_MODEL_SERVER_WORKERS", _positive_int, cores)
     workers = _parse(env, "BYOC_WORKERS", _positive_int, workers)
     # Each worker gets an equal share of the cores for framework threads (OMP/BLAS/torch).
@@ -153,7 +154,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         safe_port_range=safe_range,
         model_dir=Path(env.get("BYOC_MODEL_DIR") or "/opt/ml/model"),
         run_dir=Path(env.get("BYOC_RUN_DIR") or Path(tempfile.gettempdir()) / f"byoc-serve-{port}"),
-        multi_model=_parse(env, "SAGEMAKER_MULTI_MODEL", _bool, False),
+        multi_model=multi_model,
         handler=(env.get("BYOC_HANDLER") or None),
         program=env.get("SAGEMAKER_PROGRAM") or "inference.py",
         predict_method=_parse(env, "BYOC_PREDICT_METHOD", _choice(PREDICT_METHODS), None),
@@ -161,7 +162,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         timeout_s=timeout,
         max_payload_bytes=payload,
         workers=workers,
-        threads=_parse(env, "BYOC_THREADS", _positive_int, 4),
+        # One thread per worker serves small requests fastest; MME's load calls block for seconds.
+        threads=_parse(env, "BYOC_THREADS", _positive_int, 4 if multi_model else 1),
         intra_op_threads=intra,
         batch=batch,
         batch_strategy=_parse(env, "SAGEMAKER_BATCH_STRATEGY", _choice(BATCH_STRATEGIES, upper=True), "MULTI_RECORD"),

@@ -1,7 +1,8 @@
-"""The gunicorn master: loads fork-safe models before forking, then runs threaded workers.
+"""The gunicorn master: loads fork-safe models before forking, then runs the workers.
 
-Run by ``serve`` as ``python -m byoc_serve.workers``. Threaded (gthread) workers let several requests
-for one model overlap inside one process, which is what request batching will build on.
+Run by ``serve`` as ``python -m byoc_serve.workers``. With one thread per worker (the single-model
+default) each worker is a ``LoopWorker``: one thread polls nginx's kept-alive connections and serves
+each request inline. With ``BYOC_THREADS`` > 1 (the MME default) workers are gunicorn's gthread.
 """
 
 from __future__ import annotations
@@ -11,17 +12,18 @@ import logging
 import os
 import socket
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
 from gunicorn.app.base import BaseApplication
 
 from byoc_serve import readiness
-from byoc_serve.app import ModelSlot, create_app
+from byoc_serve.app import ModelSlot, WSGIApp, create_app
 from byoc_serve.config import Settings, load_settings
 from byoc_serve.logs import configure_logging
 from byoc_serve.servable import Servable, choose_handler
+from model_handlers.base import Handler
 
 log = logging.getLogger("byoc_serve.workers")
 
@@ -31,7 +33,7 @@ EXIT_LOAD_FAILED = 4
 class ServingApplication(BaseApplication):
     """gunicorn configured from Settings, serving an app built (and maybe loaded) in the master."""
 
-    def __init__(self, settings: Settings, app: Flask, on_worker_start: Any = None):
+    def __init__(self, settings: Settings, app: WSGIApp, on_worker_start: Any = None):
         self.settings = settings
         self.app = app
         self.on_worker_start = on_worker_start
@@ -43,10 +45,11 @@ class ServingApplication(BaseApplication):
             # gunicorn insists on a listener of its own; workers accept on their own sockets instead.
             "bind": [f"unix:{s.run_dir / 'gunicorn.sock'}"],
             "workers": s.workers,
-            "worker_class": "gthread",
+            "worker_class": "gthread" if s.threads > 1 else "byoc_serve.loop_worker.LoopWorker",
             "threads": s.threads,
-            # gthread workers heartbeat from their main thread, so this only catches a wedged worker;
-            # the per-request limit is nginx's proxy_read_timeout (the same BYOC_TIMEOUT).
+            # The per-request limit is nginx's proxy_read_timeout (the same BYOC_TIMEOUT). A LoopWorker
+            # heartbeats between requests, so one still busy 30 s after nginx answered 504 is replaced;
+            # gthread heartbeats from its polling thread, so this only catches a wedged worker.
             "timeout": s.timeout_s + 30,
             "graceful_timeout": 25,
             "keepalive": 75,
@@ -62,7 +65,7 @@ class ServingApplication(BaseApplication):
         for key, value in options.items():
             self.cfg.set(key, value)
 
-    def load(self) -> Flask:
+    def load(self) -> WSGIApp:
         return self.app
 
     def _pre_fork(self, server: Any, worker: Any) -> None:
@@ -116,7 +119,7 @@ def build_single_model(settings: Settings) -> ServingApplication:
     handler = choose_handler(settings.model_dir, settings)
     if handler.fork_safe:
         readiness.report_starting(settings.run_dir, "load", handler.name)
-        slot.servable = Servable.load(settings.model_dir, settings, handler=handler)
+        slot.servable = load_off_the_main_thread(settings, handler)
         gc.collect()
         gc.freeze()  # keep the model's pages out of later collections, so forked workers share them
         return ServingApplication(settings, app)
@@ -126,6 +129,17 @@ def build_single_model(settings: Settings) -> ServingApplication:
         slot.servable = Servable.load(settings.model_dir, settings, handler=handler)
 
     return ServingApplication(settings, app, on_worker_start=load_in_worker)
+
+
+def load_off_the_main_thread(settings: Settings, handler: Handler) -> Servable:
+    """Load and warm up in a helper thread, so the master's main thread never owns an OpenMP pool.
+
+    GNU OpenMP (xgboost, some sklearn estimators) binds its thread pool to the thread that first used
+    it; a forked worker inherits that binding without the pool's threads, and a prediction on the
+    worker's main thread then waits for them forever (seen with xgboost and one worker).
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="byoc-load") as pool:
+        return pool.submit(Servable.load, settings.model_dir, settings, handler=handler).result()
 
 
 def main() -> None:

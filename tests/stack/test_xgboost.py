@@ -39,6 +39,7 @@ def save(booster, tmp_path: Path, fmt: str) -> Path:
 
 @pytest.mark.parametrize("fmt", ["json", "ubj", "pickled-booster"])
 def test_booster_formats_serve_the_same_predictions(serve_factory, booster, tmp_path, fmt):
+    # One worker gets two OpenMP threads: the case that hung when the master's main thread owned the pool.
     server = serve_factory(save(booster, tmp_path, fmt), {"BYOC_WORKERS": "1"})
     body = "\n".join(",".join(map(str, r)) for r in ROWS)
     response = server.post("/invocations", data=body, headers={"Content-Type": "text/csv"})

@@ -51,6 +51,12 @@ def test_threads_per_worker_split_the_cores():
     assert load_settings({"BYOC_WORKERS": "64"}).intra_op_threads == 1
 
 
+def test_request_threads_default_to_one_per_worker_except_for_mme():
+    assert load_settings({}).threads == 1
+    assert load_settings({"SAGEMAKER_MULTI_MODEL": "true"}).threads == 4
+    assert load_settings({"SAGEMAKER_MULTI_MODEL": "true", "BYOC_THREADS": "2"}).threads == 2
+
+
 def test_one_timeout_and_one_payload_limit_reach_nginx():
     conf = render_nginx_conf(load_settings({"BYOC_TIMEOUT": "17", "BYOC_MAX_PAYLOAD_MB": "3", "BYOC_RUN_DIR": "/x", "BYOC_WORKERS": "1"}))
     assert "proxy_read_timeout 17s;" in conf

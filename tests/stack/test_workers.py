@@ -1,0 +1,133 @@
+"""The single-threaded LoopWorker and the bare /invocations route, spoken to on a worker's own socket.
+
+nginx only ever sends one whole request at a time; these tests also send what nginx never does
+(pipelined and chunked requests, garbage), because the worker must survive them all the same.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import orjson
+import pytest
+
+from harness import ServeProcess, train_sklearn_classifier
+
+GOOD = {"data": "1,2,3,4", "headers": {"Content-Type": "text/csv"}}
+CSV_REQUEST = (
+    b"POST /invocations HTTP/1.1\r\nHost: w\r\nContent-Type: text/csv\r\nAccept: application/json\r\n"
+    b"Content-Length: 7\r\n\r\n1,2,3,4"
+)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    proc = ServeProcess(train_sklearn_classifier(tmp_path_factory.mktemp("sk") / "model"), {"BYOC_WORKERS": "1"})
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def connect(server: ServeProcess) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(str(server.run_dir / "workers" / "0.sock"))
+    return sock
+
+
+def read_responses(sock: socket.socket, count: int) -> list[tuple[int, dict[str, str], bytes]]:
+    """Read ``count`` Content-Length-framed responses off one connection."""
+    buffer, responses = b"", []
+    deadline = time.monotonic() + 10
+    while len(responses) < count and time.monotonic() < deadline:
+        if b"\r\n\r\n" in buffer:
+            head, rest = buffer.split(b"\r\n\r\n", 1)
+            lines = head.decode().split("\r\n")
+            headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+            length = int(headers.get("content-length", 0))
+            if len(rest) >= length:
+                responses.append((int(lines[0].split()[1]), headers, rest[:length]))
+                buffer = rest[length:]
+                continue
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        buffer += chunk
+    return responses
+
+
+def test_the_default_single_model_worker_is_the_loop_worker(server):
+    assert "Using worker: byoc_serve.loop_worker.LoopWorker" in server.log()
+
+
+def test_one_connection_serves_many_requests(server):
+    with connect(server) as sock:
+        for _ in range(5):
+            sock.sendall(CSV_REQUEST)
+            [(status, headers, body)] = read_responses(sock, 1)
+            assert status == 200 and headers.get("connection", "").lower() != "close"
+            assert len(orjson.loads(body)) == 1
+
+
+def test_pipelined_requests_are_all_answered_in_order(server):
+    other = CSV_REQUEST.replace(b"Accept: application/json", b"Accept: text/csv")
+    with connect(server) as sock:
+        sock.sendall(CSV_REQUEST + other + CSV_REQUEST)
+        responses = read_responses(sock, 3)
+    assert [status for status, _, _ in responses] == [200, 200, 200]
+    assert [headers["content-type"] for _, headers, _ in responses] == ["application/json", "text/csv", "application/json"]
+
+
+def test_a_chunked_body_is_read_whole(server):
+    with connect(server) as sock:
+        sock.sendall(
+            b"POST /invocations HTTP/1.1\r\nHost: w\r\nContent-Type: text/csv\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"4\r\n1,2,\r\n3\r\n3,4\r\n1\r\n\n\r\n7\r\n5,6,7,8\r\n0\r\n\r\n"
+        )
+        [(status, _, body)] = read_responses(sock, 1)
+    assert status == 200 and len(orjson.loads(body)) == 2
+
+
+def test_a_chunked_body_over_the_limit_gets_413_json(tmp_path, serve_factory):
+    server = serve_factory(train_sklearn_classifier(tmp_path / "model"), {"BYOC_WORKERS": "1", "BYOC_MAX_PAYLOAD_MB": "1"})
+    chunk = b"1,2,3,4\n" * 8192  # 64 KiB
+    with connect(server) as sock:
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: w\r\nContent-Type: text/csv\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(20):
+            sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        sock.sendall(b"0\r\n\r\n")
+        [(status, headers, body)] = read_responses(sock, 1)
+    assert status == 413 and headers["content-type"] == "application/json"
+    assert orjson.loads(body)["type"] == "payload_too_large"
+    server.assert_healthy(GOOD)
+
+
+def test_garbage_gets_400_and_the_worker_keeps_serving(server):
+    with connect(server) as sock:
+        sock.sendall(b"THIS IS NOT HTTP\r\n\r\n")
+        [(status, _, _)] = read_responses(sock, 1)
+    assert status == 400
+    server.assert_healthy(GOOD)
+    assert "Worker exiting" not in server.log()
+
+
+def test_a_client_that_leaves_mid_request_costs_nothing(server):
+    with connect(server) as sock:
+        sock.sendall(CSV_REQUEST[:-3])
+    for _ in range(3):
+        server.assert_healthy(GOOD)
+
+
+def test_other_methods_on_invocations_get_405_json(server):
+    response = server.get("/invocations")
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "POST"
+    assert response.json()["type"] == "method_not_allowed"
+    server.assert_healthy(GOOD)
+
+
+def test_more_threads_select_gunicorns_gthread_worker(tmp_path, serve_factory):
+    server = serve_factory(train_sklearn_classifier(tmp_path / "model"), {"BYOC_WORKERS": "1", "BYOC_THREADS": "3"})
+    assert "Using worker: gthread" in server.log()
+    server.assert_healthy(GOOD)
