@@ -26,6 +26,7 @@ from gunicorn.http import wsgi
 from gunicorn.workers.base import Worker
 
 HEARTBEAT_S = 1.0  # how often the arbiter is told this worker is alive while it is idle
+STOP_LINGER_S = 0.2  # on stop, how long an idle kept-alive connection may still bring a request
 QUIET_ERRNOS = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN)
 
 
@@ -55,17 +56,20 @@ class LoopWorker(Worker):
                 self.notify()
                 last_beat = now
             for key, _ in self.selector.select(HEARTBEAT_S):
-                if isinstance(key.data, Connection):
-                    self.serve(key.data)
-                elif key.data is None:
-                    self.drain_wakeups()
-                else:
-                    self.accept(key.data)
+                self.dispatch(key)
                 if not self.alive:
                     break
             if not self.is_parent_alive():
                 break
-        self.close_all()
+        self.finish_what_was_sent()
+
+    def dispatch(self, key: selectors.SelectorKey) -> None:
+        if isinstance(key.data, Connection):
+            self.serve(key.data)
+        elif key.data is None:
+            self.drain_wakeups()
+        else:
+            self.accept(key.data)
 
     def accept(self, listener: socket.socket) -> None:
         while True:
@@ -151,7 +155,19 @@ class LoopWorker(Worker):
             pass
         util.close_graceful(conn.sock)
 
-    def close_all(self) -> None:
+    def finish_what_was_sent(self) -> None:
+        """On stop: keep answering (each response says ``Connection: close``) until nothing has arrived
+        for ``STOP_LINGER_S``, then close.
+
+        nginx stops at the same moment and takes no new client requests, but what it already sent
+        waits on this worker's connections and in its listen backlog: closing the listener first
+        would reset those connections, and nginx answers 502 for a POST it cannot resend.
+        """
+        while events := self.selector.select(STOP_LINGER_S):
+            for key, _ in events:
+                self.dispatch(key)
+        for listener in self.sockets:
+            listener.close()
         for key in list(self.selector.get_map().values()):
             if isinstance(key.data, Connection):
                 self.close(key.data)

@@ -88,17 +88,21 @@ def test_handler_slower_than_the_timeout_gets_504_json(serve_factory, tmp_path):
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path):
+    """Four 1 s requests on one-thread workers: at SIGTERM some are running and the rest wait on the
+    workers' connections or in their listen backlogs; every one of them is answered."""
     server = ServeProcess(slow_model(tmp_path)).start()
-    result: dict = {}
-    worker = threading.Thread(target=lambda: result.update(response=sleep_request(server, 2)))
-    worker.start()
+    results: list = []
+    clients = [threading.Thread(target=lambda: results.append(sleep_request(server, 1))) for _ in range(4)]
+    for client in clients:
+        client.start()
     time.sleep(0.5)
     started = time.monotonic()
     code = server.stop(signal.SIGTERM, timeout=35)
-    worker.join(10)
+    for client in clients:
+        client.join(10)
     assert code == 0, server.log()
     assert time.monotonic() - started < 30
-    assert result["response"].status_code == 200 and result["response"].json() == [2.0]
+    assert [(r.status_code, r.json()) for r in results] == [(200, [1.0])] * 4
 
 
 def test_serve_exits_non_zero_when_gunicorn_dies(tmp_path):
