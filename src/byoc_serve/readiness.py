@@ -14,8 +14,7 @@ def status_dir(run_dir: Path) -> Path:
 
 def report_starting(run_dir: Path, phase: str, detail: str = "") -> None:
     """Say why /ping is not 200 yet; nginx serves this file with status 503."""
-    message = f"starting: {phase}" + (f" ({detail})" if detail else "")
-    _write(status_dir(run_dir) / "ping.json", orjson.dumps({"error": message, "code": 503, "type": "not_ready", "model": None, "request_id": None}))
+    _write_status(run_dir, f"starting: {phase}" + (f" ({detail})" if detail else ""))
 
 
 def mark_ready(run_dir: Path) -> None:
@@ -23,16 +22,29 @@ def mark_ready(run_dir: Path) -> None:
 
 
 def mark_not_ready(run_dir: Path, reason: str) -> None:
-    """Withdraw readiness (shutdown, failure) before anything stops answering."""
-    report_starting(run_dir, reason)
+    """Withdraw readiness (shutdown, failure) before anything stops answering; /ping then gives ``reason``."""
+    _write_status(run_dir, reason)
     try:
         (status_dir(run_dir) / "ready").unlink()
     except FileNotFoundError:
         pass
 
 
+def last_status(run_dir: Path) -> str | None:
+    """What /ping last said while not ready (e.g. the phase a start-up failed in), if anything."""
+    try:
+        return orjson.loads((status_dir(run_dir) / "ping.json").read_bytes())["error"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def is_ready(run_dir: Path) -> bool:
     return (status_dir(run_dir) / "ready").exists()
+
+
+def _write_status(run_dir: Path, message: str) -> None:
+    body = {"error": message, "code": 503, "type": "not_ready", "model": None, "request_id": None}
+    _write(status_dir(run_dir) / "ping.json", orjson.dumps(body))
 
 
 def _write(path: Path, data: bytes) -> None:

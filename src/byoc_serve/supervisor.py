@@ -144,7 +144,11 @@ class Supervisor:
             if self.stopping:
                 log.info("%s stopped (exit %s)", name, proc.returncode)
                 continue
-            log.critical("FATAL %s exited unexpectedly with %s; stopping the container", name, proc.returncode)
+            # The last line of a failed container's log should say why: the status the child left behind.
+            log.critical(
+                "FATAL %s exited unexpectedly with %s (%s); stopping the container",
+                name, proc.returncode, readiness.last_status(self.settings.run_dir) or "no status recorded",
+            )
             exit_code = proc.returncode if proc.returncode and proc.returncode > 0 else 1
             self.stopping = True
             readiness.mark_not_ready(self.settings.run_dir, f"{name} exited")

@@ -156,7 +156,7 @@ def main() -> None:
     except Exception as exc:
         phase = getattr(exc, "phase", "load")
         log.critical("FATAL start-up failed in phase=%s: %s: %s", phase, type(exc).__name__, exc, exc_info=True)
-        readiness.mark_not_ready(settings.run_dir, f"failed in phase {phase}: {exc}")
+        readiness.mark_not_ready(settings.run_dir, f"start-up failed in phase={phase}: {type(exc).__name__}: {exc}")
         sys.exit(EXIT_LOAD_FAILED)
     application.run()
 
