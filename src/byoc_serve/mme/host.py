@@ -23,7 +23,8 @@ from typing import Any, Iterable, NoReturn
 from flask import Flask
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-from byoc_serve.app import InvokeRoute, ModelSlot, install_error_handlers
+from byoc_serve.app import InvokeRoute, ModelSlot
+from byoc_serve.flask_app import install_error_handlers
 from byoc_serve.archives import (
     ArtifactSource,
     download_path,

@@ -12,9 +12,10 @@ from typing import Any
 
 from flask import Flask, Response, request
 
-from byoc_serve.app import TARGET_MODEL, batch_parameters, install_error_handlers, json_response, request_id
+from byoc_serve.app import TARGET_MODEL, batch_parameters
 from byoc_serve.config import Settings
 from byoc_serve.errors import BadRequest, ServingError, envelope
+from byoc_serve.flask_app import install_error_handlers, json_response, request_id
 from byoc_serve.mme.protocol import call_manager
 
 log = logging.getLogger("byoc_serve.mme.routes")
