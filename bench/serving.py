@@ -13,6 +13,7 @@ sets targets for; ``--json FILE`` dumps every figure. Everything started here is
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import json
 import os
@@ -179,7 +180,7 @@ def http_status(method: str, port: int, path: str, body: bytes | None = None, he
         conn.close()
 
 
-def our_server(work: Path, model_dir: Path, name: str = "ours") -> Server:
+def our_server(work: Path, model_dir: Path, name: str = "ours", serve: Path = OUR_SERVE) -> Server:
     port = free_port()
     run_dir = work / f"run-{name}-{port}"
     env = dict(
@@ -189,7 +190,7 @@ def our_server(work: Path, model_dir: Path, name: str = "ours") -> Server:
         BYOC_RUN_DIR=str(run_dir),
         BYOC_PREDICT_METHOD="predict_proba",
     )
-    return Server(name, port, [str(OUR_SERVE)], env, work / f"{name}-{port}.log")
+    return Server(name, port, [str(serve)], env, work / f"{name}-{port}.log")
 
 
 def reference_server(work: Path, model_dir: Path) -> Server:
@@ -595,10 +596,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short runs (2 s each, 2 start-up repeats)")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
+    parser.add_argument("--startup-serve", type=Path, default=OUR_SERVE,
+                        help="our `serve` for the start-up timing, e.g. from a venv with only the sklearn extra "
+                             "(default: %(default)s)")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else Plan()
-    if not OUR_SERVE.exists():
-        parser.error(f"{OUR_SERVE} not found: install the project into this venv first")
+    for serve in {OUR_SERVE, args.startup_serve}:
+        if not serve.exists():
+            parser.error(f"{serve} not found: install the project into that venv first")
 
     work = Path(tempfile.mkdtemp(prefix="byoc-bench-"))
     work.chmod(0o755)  # nginx workers started as root run as an unprivileged user and must reach the sockets
@@ -610,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         (work / f"body-{rows}.csv").write_bytes(body)
         scripts[rows] = write_post_script(work / f"post-{rows}.lua", work / f"body-{rows}.csv")
     info = machine()
+    info["startup_serve"] = str(args.startup_serve)
     print(f"work dir {work}; {info['cpus']} CPUs, load average {info['load_average_at_start']}")
 
     costs = []
@@ -617,7 +623,8 @@ def main(argv: list[str] | None = None) -> int:
         costs.append(ours_inprocess(model_dir, model, body, rows, plan.inprocess_budget_s))
         costs.append(reference_inprocess(model, body, rows, plan.inprocess_budget_s))
 
-    startup = measure_startup(work, model_dir, {"ours": our_server, "reference": reference_server}, plan.startup_repeats)
+    ours_lean = functools.partial(our_server, serve=args.startup_serve)
+    startup = measure_startup(work, model_dir, {"ours": ours_lean, "reference": reference_server}, plan.startup_repeats)
     for start in startup:
         phases = ", ".join(f"{name} +{at:.2f}" for name, at in start.phase_done_at_s.items())
         print(f"{start.stack}: process start -> /ping 200: {start.seconds} s" + (f" (phases done at s: {phases})" if phases else ""))
