@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -145,3 +146,35 @@ def train_sklearn_classifier(model_dir: Path, n_features: int = 4, filename: str
     model_dir.mkdir(parents=True, exist_ok=True)
     joblib.dump(LogisticRegression().fit(features, labels), model_dir / filename)
     return model_dir
+
+
+SLOW_SCRIPT = '''
+import os
+import time
+
+
+def model_fn(model_dir):
+    time.sleep(float(os.environ.get("TEST_LOAD_SECONDS", "0")))
+    return "model"
+
+
+def input_fn(body, content_type):
+    return float(body)
+
+
+def predict_fn(seconds, model):
+    time.sleep(seconds)
+    return [seconds]
+'''
+
+
+def slow_model(tmp_path: Path) -> Path:
+    """User code whose load takes $TEST_LOAD_SECONDS and whose prediction sleeps for the number it is sent."""
+    model_dir = tmp_path / "slow"
+    (model_dir / "code").mkdir(parents=True)
+    (model_dir / "code" / "inference.py").write_text(textwrap.dedent(SLOW_SCRIPT))
+    return model_dir
+
+
+def sleep_request(server: ServeProcess, seconds: float, timeout: float = 30) -> requests.Response:
+    return requests.post(server.url + "/invocations", data=str(seconds), headers={"Content-Type": "text/csv"}, timeout=timeout)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import textwrap
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,38 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psutil
 import requests
 
-from harness import ServeProcess, train_sklearn_classifier
-
-SLOW_SCRIPT = '''
-import os
-import time
-
-
-def model_fn(model_dir):
-    time.sleep(float(os.environ.get("TEST_LOAD_SECONDS", "0")))
-    return "model"
-
-
-def input_fn(body, content_type):
-    return float(body)
-
-
-def predict_fn(seconds, model):
-    time.sleep(seconds)
-    return [seconds]
-'''
-
-
-def slow_model(tmp_path):
-    model_dir = tmp_path / "slow"
-    (model_dir / "code").mkdir(parents=True)
-    (model_dir / "code" / "inference.py").write_text(textwrap.dedent(SLOW_SCRIPT))
-    return model_dir
-
-
-def sleep_request(server, seconds: float, timeout: float = 30) -> requests.Response:
-    return requests.post(server.url + "/invocations", data=str(seconds), headers={"Content-Type": "text/csv"}, timeout=timeout)
-
+from harness import ServeProcess, sleep_request, slow_model, train_sklearn_classifier
 
 def test_ping_is_503_with_a_reason_until_loaded_then_200(serve_factory, tmp_path):
     server = serve_factory(slow_model(tmp_path), {"TEST_LOAD_SECONDS": "2"}, wait_ready=False)

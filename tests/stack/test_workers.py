@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 import pytest
 
-from harness import ServeProcess, train_sklearn_classifier
+from harness import ServeProcess, sleep_request, slow_model, train_sklearn_classifier
 
 GOOD = {"data": "1,2,3,4", "headers": {"Content-Type": "text/csv"}}
 CSV_REQUEST = (
@@ -131,3 +132,22 @@ def test_more_threads_select_gunicorns_gthread_worker(tmp_path, serve_factory):
     server = serve_factory(train_sklearn_classifier(tmp_path / "model"), {"BYOC_WORKERS": "1", "BYOC_THREADS": "3"})
     assert "Using worker: gthread" in server.log()
     server.assert_healthy(GOOD)
+
+
+def test_requests_go_to_the_idle_worker_not_behind_a_busy_one(tmp_path, serve_factory):
+    """With one worker busy for 3 s, quick requests all go to the other one (nginx's least_conn);
+    round-robin would queue every second one behind the busy worker."""
+    server = serve_factory(slow_model(tmp_path), {"BYOC_WORKERS": "2"})
+    deadline = time.monotonic() + 30
+    while not all((server.run_dir / "workers" / f"{slot}.sock").exists() for slot in (0, 1)):
+        assert time.monotonic() < deadline, "the second worker never started listening"
+        time.sleep(0.05)
+    with ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(sleep_request, server, 3)
+        time.sleep(0.5)
+        for _ in range(6):
+            started = time.monotonic()
+            assert sleep_request(server, 0.01).status_code == 200
+            assert time.monotonic() - started < 1.0
+        assert not busy.done()
+        assert busy.result().status_code == 200
