@@ -231,15 +231,62 @@ http {{
 """
 
 
+NGINX_PROXY_CONF = """\
+worker_processes 1;
+daemon off;
+pid {run}/nginx.pid;
+error_log {run}/error.log;
+events {{}}
+http {{
+  access_log off;
+  client_body_temp_path {run}/client_body;
+  proxy_temp_path {run}/proxy;
+  fastcgi_temp_path {run}/fastcgi;
+  uwsgi_temp_path {run}/uwsgi;
+  scgi_temp_path {run}/scgi;
+  upstream constant {{
+    server unix:{run}/constant.sock;
+    keepalive 64;
+  }}
+  server {{
+    listen unix:{run}/constant.sock;
+    location / {{
+      default_type text/csv;
+      return 200 "0.25,0.75\\n";
+    }}
+  }}
+  server {{
+    listen 127.0.0.1:{port};
+    client_max_body_size 6m;
+    location / {{
+      proxy_pass http://constant;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
+
+
 def nginx_constant_server(work: Path) -> Server:
     """The floor: one nginx worker answering every request with a constant 200 (the body is not read)."""
+    return _nginx_server(work, "nginx-constant", NGINX_CONSTANT_CONF)
+
+
+def nginx_proxy_server(work: Path) -> Server:
+    """The floor with our proxy hop: nginx proxies over a kept-alive unix socket to a constant answer
+    (served by the same nginx), i.e. what any app behind nginx costs at the least."""
+    return _nginx_server(work, "nginx-proxy", NGINX_PROXY_CONF)
+
+
+def _nginx_server(work: Path, name: str, template: str) -> Server:
     port = free_port()
-    run = work / "run-nginx-constant"
+    run = work / f"run-{name}"
     run.mkdir(parents=True, exist_ok=True)
     conf = run / "nginx.conf"
-    conf.write_text(NGINX_CONSTANT_CONF.format(run=run, port=port))
+    conf.write_text(template.format(run=run, port=port))
     argv = [shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(conf), "-e", str(run / "error.log")]
-    return Server("nginx-constant", port, argv, dict(os.environ), work / "nginx-constant.log")
+    return Server(name, port, argv, dict(os.environ), work / f"{name}.log")
 
 
 # --- wrk ------------------------------------------------------------------------------------------
@@ -523,6 +570,12 @@ def ratios(loads: list[LoadResult], costs: list[InProcessCost], startup: list[St
             entry["floor_plus_inprocess_ms"] = round(bound, 4)
             entry["ours_p50_c1_over_floor_plus_inprocess"] = round(ours1.p50_ms / bound, 2)
             entry["ours_p50_c1_over_inprocess"] = round(ours1.p50_ms / ours_cost.median_ms, 1)
+        proxy1 = load("nginx-proxy", rows, 1)
+        if ours1 and proxy1 and ours_cost:
+            # Not a target: the same ratio against the floor with nginx's proxy hop in it.
+            bound = proxy1.p50_ms + ours_cost.median_ms
+            entry["proxy_floor_plus_inprocess_ms"] = round(bound, 4)
+            entry["ours_p50_c1_over_proxy_floor_plus_inprocess"] = round(ours1.p50_ms / bound, 2)
         if ref1 and ref_cost:
             entry["reference_p50_c1_over_inprocess"] = round(ref1.p50_ms / ref_cost.median_ms, 1)
         out[f"{rows}-row"] = entry
@@ -633,15 +686,16 @@ def main(argv: list[str] | None = None) -> int:
         "ours": our_server(work, model_dir),
         "reference": reference_server(work, model_dir),
         "nginx-constant": nginx_constant_server(work),
+        "nginx-proxy": nginx_proxy_server(work),
     }
     loads: list[LoadResult] = []
     try:
         for server in servers.values():
             server.start()
         for name, server in servers.items():
-            server.wait_ping("/" if name == "nginx-constant" else "/ping")
+            server.wait_ping("/" if name.startswith("nginx-") else "/ping")
         for name, server in servers.items():
-            if name != "nginx-constant":
+            if not name.startswith("nginx-"):
                 warm(server, "/invocations", scripts)
         # Interleave the stacks per configuration so machine noise hits them alike.
         for rows in PAYLOAD_ROWS:
