@@ -206,7 +206,8 @@ def reference_server(work: Path, model_dir: Path) -> Server:
     return Server("reference", port, [sys.executable, str(REFERENCE_SERVE)], env, work / f"reference-{port}.log")
 
 
-NGINX_CONSTANT_CONF = """\
+# One nginx worker, nothing logged; {servers} is the part that differs between the two floors.
+NGINX_FLOOR_CONF = """\
 worker_processes 1;
 daemon off;
 pid {run}/nginx.pid;
@@ -219,41 +220,31 @@ http {{
   fastcgi_temp_path {run}/fastcgi;
   uwsgi_temp_path {run}/uwsgi;
   scgi_temp_path {run}/scgi;
-  server {{
-    listen 127.0.0.1:{port};
-    client_max_body_size 6m;
-    location / {{
-      default_type text/csv;
-      return 200 "0.25,0.75\\n";
-    }}
-  }}
+{servers}
 }}
 """
 
+CONSTANT_LOCATION = """\
+    location / {{
+      default_type text/csv;
+      return 200 "0.25,0.75\\n";
+    }}"""
 
-NGINX_PROXY_CONF = """\
-worker_processes 1;
-daemon off;
-pid {run}/nginx.pid;
-error_log {run}/error.log;
-events {{}}
-http {{
-  access_log off;
-  client_body_temp_path {run}/client_body;
-  proxy_temp_path {run}/proxy;
-  fastcgi_temp_path {run}/fastcgi;
-  uwsgi_temp_path {run}/uwsgi;
-  scgi_temp_path {run}/scgi;
+NGINX_CONSTANT_SERVERS = """\
+  server {{
+    listen 127.0.0.1:{port};
+    client_max_body_size 6m;
+%s
+  }}""" % CONSTANT_LOCATION
+
+NGINX_PROXY_SERVERS = """\
   upstream constant {{
     server unix:{run}/constant.sock;
     keepalive 64;
   }}
   server {{
     listen unix:{run}/constant.sock;
-    location / {{
-      default_type text/csv;
-      return 200 "0.25,0.75\\n";
-    }}
+%s
   }}
   server {{
     listen 127.0.0.1:{port};
@@ -263,28 +254,26 @@ http {{
       proxy_http_version 1.1;
       proxy_set_header Connection "";
     }}
-  }}
-}}
-"""
+  }}""" % CONSTANT_LOCATION
 
 
 def nginx_constant_server(work: Path) -> Server:
     """The floor: one nginx worker answering every request with a constant 200 (the body is not read)."""
-    return _nginx_server(work, "nginx-constant", NGINX_CONSTANT_CONF)
+    return _nginx_server(work, "nginx-constant", NGINX_CONSTANT_SERVERS)
 
 
 def nginx_proxy_server(work: Path) -> Server:
     """The floor with our proxy hop: nginx proxies over a kept-alive unix socket to a constant answer
     (served by the same nginx), i.e. what any app behind nginx costs at the least."""
-    return _nginx_server(work, "nginx-proxy", NGINX_PROXY_CONF)
+    return _nginx_server(work, "nginx-proxy", NGINX_PROXY_SERVERS)
 
 
-def _nginx_server(work: Path, name: str, template: str) -> Server:
+def _nginx_server(work: Path, name: str, servers: str) -> Server:
     port = free_port()
     run = work / f"run-{name}"
     run.mkdir(parents=True, exist_ok=True)
     conf = run / "nginx.conf"
-    conf.write_text(template.format(run=run, port=port))
+    conf.write_text(NGINX_FLOOR_CONF.format(run=run, port=port, servers=servers.format(run=run, port=port)))
     argv = [shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(conf), "-e", str(run / "error.log")]
     return Server(name, port, argv, dict(os.environ), work / f"{name}.log")
 
