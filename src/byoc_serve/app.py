@@ -102,16 +102,18 @@ class InvokeRoute:
         return 200, result.body, result.content_type
 
     def read_body(self, environ: dict) -> bytes:
-        too_large = PayloadTooLarge(f"the body is larger than the {self.max_payload_bytes}-byte limit")
         length = environ.get("CONTENT_LENGTH")
         if length:
             if int(length) > self.max_payload_bytes:
-                raise too_large
+                raise self.too_large()
             return environ["wsgi.input"].read(int(length))
         body = environ["wsgi.input"].read(self.max_payload_bytes + 1)  # chunked: no length up front
         if len(body) > self.max_payload_bytes:
-            raise too_large
+            raise self.too_large()
         return body
+
+    def too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"the body is larger than the {self.max_payload_bytes}-byte limit")
 
 
 def create_app(settings: Settings, slot: ModelSlot) -> WSGIApp:

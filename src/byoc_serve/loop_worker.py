@@ -15,9 +15,8 @@ import errno
 import os
 import selectors
 import socket
-import ssl
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -37,7 +36,7 @@ class Connection:
     sock: socket.socket
     addr: Any
     server: Any
-    parser: Any = field(default=None)
+    parser: Any
 
 
 class LoopWorker(Worker):
@@ -83,8 +82,7 @@ class LoopWorker(Worker):
                 raise
             sock.setblocking(True)  # reads block only inside a request nginx already sent whole
             util.close_on_exec(sock)
-            conn = Connection(sock, addr, listener.getsockname())
-            conn.parser = http.get_parser(self.cfg, sock, addr)
+            conn = Connection(sock, addr, listener.getsockname(), http.get_parser(self.cfg, sock, addr))
             self.selector.register(sock, selectors.EVENT_READ, conn)
 
     def serve(self, conn: Connection) -> None:
@@ -103,8 +101,6 @@ class LoopWorker(Worker):
         except OSError as exc:
             if exc.errno not in QUIET_ERRNOS:
                 self.log.exception("Socket error processing request.")
-        except ssl.SSLError:
-            pass
         except Exception as exc:
             self.handle_error(req, conn.sock, conn.addr, exc)
         if not (keep and self.alive):

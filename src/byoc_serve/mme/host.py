@@ -24,7 +24,6 @@ from flask import Flask
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from byoc_serve.app import InvokeRoute, ModelSlot
-from byoc_serve.flask_app import install_error_handlers
 from byoc_serve.archives import (
     ArtifactSource,
     download_path,
@@ -35,6 +34,7 @@ from byoc_serve.archives import (
 )
 from byoc_serve.config import Settings
 from byoc_serve.errors import BadRequest, InsufficientMemory, ServingError
+from byoc_serve.flask_app import install_error_handlers
 from byoc_serve.memory import estimate_bytes
 from byoc_serve.mme import protocol
 from byoc_serve.mme.activity import Activity
