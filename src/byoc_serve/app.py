@@ -10,12 +10,12 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterable
-from http import HTTPStatus
 
 import orjson
 
 from byoc_serve.config import Settings
 from byoc_serve.errors import NotReady, PayloadTooLarge, ServingError, envelope
+from byoc_serve.http1 import status_line
 from byoc_serve.servable import Invocation, Servable
 
 log = logging.getLogger("byoc_serve.app")
@@ -24,7 +24,6 @@ CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 TARGET_MODEL = "X-Amzn-SageMaker-Target-Model"
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
-REASONS = {status.value: status.phrase for status in HTTPStatus}
 
 
 class ModelSlot:
@@ -86,7 +85,7 @@ class InvokeRoute:
             content_type = "application/json"
         if body or status != 204:
             headers += [("Content-Type", content_type), ("Content-Length", str(len(body)))]
-        start_response(f"{status} {REASONS.get(status, 'Error')}", headers)
+        start_response(status_line(status), headers)
         return [body]
 
     def answer(self, environ: dict, rid: str, headers: list[tuple[str, str]]) -> tuple[int, bytes, str]:

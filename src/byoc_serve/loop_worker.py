@@ -3,46 +3,53 @@
 gunicorn's ``sync`` worker closes the connection after every request; its ``gthread`` worker keeps
 it, but hands every request from a polling thread to a pool thread and back (measured here: that
 round trip is about a third of a worker's CPU per small request). This worker polls its listener
-and its kept-alive connections itself and serves each request inline, in the polling thread.
-
-nginx buffers a whole request body before it talks to an upstream, so a readable connection here
-always carries a complete request: reading it never waits on a slow client.
+and its kept-alive connections itself and serves each request inline, in the polling thread. It
+frames requests and writes responses with ``byoc_serve.http1`` rather than gunicorn's HTTP classes;
+gunicorn still runs the processes (fork, heartbeat, signals, replacement).
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import selectors
 import socket
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from gunicorn import http, util
-from gunicorn.http import wsgi
+from gunicorn import util
 from gunicorn.workers.base import Worker
+
+from byoc_serve import http1
+from byoc_serve.errors import ServingError, envelope_bytes
+
+log = logging.getLogger("byoc_serve.loop_worker")
 
 HEARTBEAT_S = 1.0  # how often the arbiter is told this worker is alive while it is idle
 STOP_LINGER_S = 0.2  # on stop, how long an idle kept-alive connection may still bring a request
+RECV_BYTES = 64 * 1024
 QUIET_ERRNOS = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN)
 
 
 @dataclass(eq=False)
 class Connection:
-    """One kept-alive connection from nginx and the HTTP parser that owns its byte stream."""
+    """One kept-alive connection from nginx and the reader that frames its byte stream.
+
+    After an error answer the connection only discards what still arrives, until the client closes.
+    """
 
     sock: socket.socket
-    addr: Any
-    server: Any
-    parser: Any
+    reader: http1.RequestReader
+    discarding: bool = False
 
 
 class LoopWorker(Worker):
     """Accepts and serves on one thread; nginx holds the connections open between requests."""
 
     def run(self) -> None:
+        self.max_body = self.app.settings.max_payload_bytes
         self.selector = selectors.DefaultSelector()
         for listener in self.sockets:
             listener.setblocking(False)
@@ -73,76 +80,82 @@ class LoopWorker(Worker):
     def accept(self, listener: socket.socket) -> None:
         while True:
             try:
-                sock, addr = listener.accept()
+                sock, _ = listener.accept()
             except BlockingIOError:
                 return
             except OSError as exc:
                 if exc.errno == errno.ECONNABORTED:
                     continue
                 raise
-            sock.setblocking(True)  # reads block only inside a request nginx already sent whole
+            # Blocking: a read follows only a readiness event, and a write waits for nginx to take it.
+            sock.setblocking(True)
             util.close_on_exec(sock)
-            conn = Connection(sock, addr, listener.getsockname(), http.get_parser(self.cfg, sock, addr))
-            self.selector.register(sock, selectors.EVENT_READ, conn)
+            self.selector.register(sock, selectors.EVENT_READ, Connection(sock, http1.RequestReader(self.max_body)))
 
     def serve(self, conn: Connection) -> None:
-        """Answer one request on ``conn``; keep the connection if the response allows it."""
-        req = None
-        keep = False
+        """Read what arrived on ``conn`` and answer every whole request in it, in order."""
         try:
-            req = next(conn.parser)
-            keep = self.handle_request(conn, req)
-            # A request that arrived behind this one is already buffered: the socket won't wake us.
-            while keep and self.alive and conn.parser.unreader.buf.getvalue():
-                req = next(conn.parser)
-                keep = self.handle_request(conn, req)
-        except (http.errors.NoMoreData, StopIteration):
-            pass
+            data = conn.sock.recv(max(RECV_BYTES, conn.reader.wanted()))
+            if not data:
+                self.close(conn)
+                return
+            if conn.discarding:
+                return
+            conn.reader.feed(data)
+            while (request := conn.reader.next_request()) is not None:
+                if not self.respond(conn, request):
+                    self.close(conn)
+                    return
+            if conn.reader.needs_continue():
+                conn.sock.sendall(http1.CONTINUE)
+        except ServingError as exc:
+            self.refuse(conn, exc)
         except OSError as exc:
             if exc.errno not in QUIET_ERRNOS:
-                self.log.exception("Socket error processing request.")
-        except Exception as exc:
-            self.handle_error(req, conn.sock, conn.addr, exc)
-        if not (keep and self.alive):
+                log.exception("socket error on a connection from nginx")
             self.close(conn)
+        except Exception:
+            log.exception("error answering a request")
+            self.refuse(conn, ServingError("internal error; see the server log"))
 
-    def handle_request(self, conn: Connection, req: Any) -> bool:
-        """Run the WSGI app for ``req``; True when the connection may serve another request."""
-        environ: dict = {}
-        resp = None
+    def respond(self, conn: Connection, request: http1.Request) -> bool:
+        """Run the WSGI app for ``request`` and send its answer; True when the connection stays open."""
+        self.nr += 1
+        if self.nr >= self.max_requests:
+            log.info("Autorestarting worker after current request.")
+            self.alive = False
+        environ = http1.wsgi_environ(request)
+        started: list = []
+        written: list[bytes] = []
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            if exc_info is not None and started:
+                raise exc_info[1].with_traceback(exc_info[2])
+            started[:] = [status, headers]
+            return written.append
+
+        result = self.wsgi(environ, start_response)
         try:
-            self.cfg.pre_request(self, req)
-            started = datetime.now()
-            resp, environ = wsgi.create(req, conn.sock, conn.addr, conn.server, self.cfg)
-            self.nr += 1
-            if self.nr >= self.max_requests:
-                self.log.info("Autorestarting worker after current request.")
-                self.alive = False
-            if not self.alive or not self.cfg.keepalive:
-                resp.force_close()
-            respiter = self.wsgi(environ, resp.start_response)
-            try:
-                for item in respiter:
-                    resp.write(item)
-                resp.close()
-            finally:
-                self.log.access(resp, req, environ, datetime.now() - started)
-                if hasattr(respiter, "close"):
-                    respiter.close()
-            return not resp.should_close() and bool(conn.parser.finish_body())
-        except OSError:
-            raise
-        except (Exception, SystemExit):
-            if resp is not None and resp.headers_sent:
-                # The response has started: a 500 written now would corrupt it; drop the connection.
-                self.log.exception("Error handling request")
-                raise StopIteration() from None
-            raise
+            body = b"".join([*written, *result])
         finally:
-            try:
-                self.cfg.post_request(self, req, environ, resp)
-            except Exception:
-                self.log.exception("Exception in post_request hook")
+            if hasattr(result, "close"):
+                result.close()
+        status, headers = started
+        keep = request.head.keep_alive and self.alive
+        conn.sock.sendall(http1.response_bytes(status, headers, body, keep, request.head.method == "HEAD"))
+        return keep
+
+    def refuse(self, conn: Connection, error: ServingError) -> None:
+        """Answer a request that cannot be read with the JSON envelope, then stop reading from it."""
+        body = envelope_bytes(error)
+        headers = [("Content-Type", "application/json")]
+        try:
+            conn.sock.sendall(http1.response_bytes(http1.status_line(error.status), headers, body, False, False))
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close(conn)
+            return
+        conn.discarding = True
 
     def close(self, conn: Connection) -> None:
         try:

@@ -104,6 +104,33 @@ def test_a_chunked_body_over_the_limit_gets_413_json(tmp_path, serve_factory):
     server.assert_healthy(GOOD)
 
 
+def test_a_declared_length_over_the_limit_gets_413_before_the_body_is_sent(server):
+    with connect(server) as sock:
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: w\r\nContent-Type: text/csv\r\nContent-Length: 99999999\r\n\r\n")
+        [(status, headers, body)] = read_responses(sock, 1)
+        assert sock.recv(1) == b""  # and the worker stops talking on that connection
+    assert status == 413 and headers["connection"] == "close"
+    assert orjson.loads(body)["type"] == "payload_too_large"
+    server.assert_healthy(GOOD)
+
+
+def test_a_client_waiting_for_100_continue_gets_it_then_its_answer(server):
+    with connect(server) as sock:
+        sock.sendall(CSV_REQUEST[:-7].replace(b"Content-Length", b"Expect: 100-continue\r\nContent-Length"))
+        assert sock.recv(64) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"1,2,3,4")
+        [(status, _, _)] = read_responses(sock, 1)
+    assert status == 200
+
+
+def test_an_http10_request_is_answered_and_its_connection_closed(server):
+    with connect(server) as sock:
+        sock.sendall(CSV_REQUEST.replace(b"HTTP/1.1", b"HTTP/1.0"))
+        [(status, headers, _)] = read_responses(sock, 1)
+        assert sock.recv(1) == b""
+    assert status == 200 and headers["connection"] == "close"
+
+
 def test_garbage_gets_400_and_the_worker_keeps_serving(server):
     with connect(server) as sock:
         sock.sendall(b"THIS IS NOT HTTP\r\n\r\n")
