@@ -104,6 +104,7 @@ class Server:
     env: dict[str, str]
     log_path: Path
     proc: subprocess.Popen | None = None
+    root_role: str = "supervisor"  # what the started process is called in the CPU figures
     started_at: float = 0.0
     started_wall: float = 0.0
 
@@ -268,6 +269,33 @@ def nginx_proxy_server(work: Path) -> Server:
     return _nginx_server(work, "nginx-proxy", NGINX_PROXY_SERVERS)
 
 
+PYTHON_FLOOR_SERVERS = """\
+  upstream python {{
+    server unix:{run}/python.sock;
+    keepalive 64;
+  }}
+  server {{
+    listen 127.0.0.1:{port};
+    client_max_body_size 6m;
+    location / {{
+      proxy_pass http://python;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}"""
+
+
+def python_floor_server(work: Path, model_dir: Path) -> Server:
+    """The floor for any Python app behind nginx: bench/python_floor.py, one process running our
+    in-process pipeline on a Content-Length-framed unix socket, nothing else."""
+    server = _nginx_server(work, "python-floor", PYTHON_FLOOR_SERVERS)
+    sock = work / "run-python-floor" / "python.sock"
+    server.argv = [sys.executable, str(HERE / "python_floor.py"), str(sock), str(model_dir), "--", *server.argv]
+    server.env.update({name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")})  # as serve sets for 2 workers on 2 cores
+    server.root_role = "python floor"
+    return server
+
+
 def _nginx_server(work: Path, name: str, servers: str) -> Server:
     port = free_port()
     run = work / f"run-{name}"
@@ -364,18 +392,18 @@ def cpu_seconds(server: Server) -> dict[tuple[str, int], float]:
     for proc in server.processes():
         try:
             times = proc.cpu_times()
-            totals[(_role(proc, server.proc.pid), proc.pid)] = times.user + times.system
+            totals[(_role(proc, server), proc.pid)] = times.user + times.system
         except psutil.Error:
             continue
     return totals
 
 
-def _role(proc: psutil.Process, supervisor_pid: int) -> str:
+def _role(proc: psutil.Process, server: Server) -> str:
     if proc.name() == "nginx":
         return "nginx"
-    if proc.pid == supervisor_pid:
-        return "supervisor"
-    return "gunicorn master" if proc.ppid() == supervisor_pid else "gunicorn worker"
+    if proc.pid == server.proc.pid:
+        return server.root_role
+    return "gunicorn master" if proc.ppid() == server.proc.pid else "gunicorn worker"
 
 
 def measure_load(server: Server, path: str, script: Path, rows: int, connections: int, plan: Plan) -> LoadResult:
@@ -565,6 +593,11 @@ def ratios(loads: list[LoadResult], costs: list[InProcessCost], startup: list[St
             bound = proxy1.p50_ms + ours_cost.median_ms
             entry["proxy_floor_plus_inprocess_ms"] = round(bound, 4)
             entry["ours_p50_c1_over_proxy_floor_plus_inprocess"] = round(ours1.p50_ms / bound, 2)
+        python1 = load("python-floor", rows, 1)
+        if ours1 and python1 and floor1 and ours_cost:
+            # Not targets: what the least Python app behind nginx reaches, and what we add to it.
+            entry["python_floor_p50_c1_over_floor_plus_inprocess"] = round(python1.p50_ms / (floor1.p50_ms + ours_cost.median_ms), 2)
+            entry["ours_p50_c1_over_python_floor"] = round(ours1.p50_ms / python1.p50_ms, 2)
         if ref1 and ref_cost:
             entry["reference_p50_c1_over_inprocess"] = round(ref1.p50_ms / ref_cost.median_ms, 1)
         out[f"{rows}-row"] = entry
@@ -676,20 +709,23 @@ def main(argv: list[str] | None = None) -> int:
         "reference": reference_server(work, model_dir),
         "nginx-constant": nginx_constant_server(work),
         "nginx-proxy": nginx_proxy_server(work),
+        "python-floor": python_floor_server(work, model_dir),
     }
     loads: list[LoadResult] = []
     try:
         for server in servers.values():
             server.start()
         for name, server in servers.items():
-            server.wait_ping("/" if name.startswith("nginx-") else "/ping")
+            server.wait_ping("/ping" if name in ("ours", "reference") else "/")
         for name, server in servers.items():
-            if not name.startswith("nginx-"):
+            if name in ("ours", "reference"):
                 warm(server, "/invocations", scripts)
         # Interleave the stacks per configuration so machine noise hits them alike.
         for rows in PAYLOAD_ROWS:
             for connections in plan.concurrencies:
                 for name, server in servers.items():
+                    if name == "python-floor" and connections != 1:
+                        continue  # one process: a floor for latency, not for throughput
                     result = measure_load(server, "/invocations", scripts[rows], rows, connections, plan)
                     loads.append(result)
                     print(
