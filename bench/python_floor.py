@@ -52,23 +52,30 @@ def serve(path: Path, servable: Servable) -> None:
                 pending[conn] = b""
                 continue
             conn = key.fileobj
-            data = conn.recv(1 << 20)
-            if not data:
+            try:
+                pending[conn] = answer_all(servable, conn, pending[conn])
+            except (EOFError, OSError):  # nginx closed it: idle, or its client left mid-request
                 selector.unregister(conn)
                 conn.close()
                 del pending[conn]
-                continue
-            buffer = pending[conn] + data
-            while (end := buffer.find(b"\r\n\r\n")) >= 0:
-                length = 0
-                for line in buffer[:end].split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                if len(buffer) < end + 4 + length:
-                    break
-                conn.sendall(answer(servable, buffer[: end + 4 + length]))
-                buffer = buffer[end + 4 + length :]
-            pending[conn] = buffer
+
+
+def answer_all(servable: Servable, conn: socket.socket, buffer: bytes) -> bytes:
+    """Read once, answer every whole request, return what is left of the next one."""
+    data = conn.recv(1 << 20)
+    if not data:
+        raise EOFError
+    buffer += data
+    while (end := buffer.find(b"\r\n\r\n")) >= 0:
+        length = 0
+        for line in buffer[:end].split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        if len(buffer) < end + 4 + length:
+            break
+        conn.sendall(answer(servable, buffer[: end + 4 + length]))
+        buffer = buffer[end + 4 + length :]
+    return buffer
 
 
 def main() -> None:

@@ -594,7 +594,7 @@ def ratios(loads: list[LoadResult], costs: list[InProcessCost], startup: list[St
             entry["proxy_floor_plus_inprocess_ms"] = round(bound, 4)
             entry["ours_p50_c1_over_proxy_floor_plus_inprocess"] = round(ours1.p50_ms / bound, 2)
         python1 = load("python-floor", rows, 1)
-        if ours1 and python1 and floor1 and ours_cost:
+        if ours1 and python1 and floor1 and ours_cost and not (python1.non_2xx or python1.socket_errors):
             # Not targets: what the least Python app behind nginx reaches, and what we add to it.
             entry["python_floor_p50_c1_over_floor_plus_inprocess"] = round(python1.p50_ms / (floor1.p50_ms + ours_cost.median_ms), 2)
             entry["ours_p50_c1_over_python_floor"] = round(ours1.p50_ms / python1.p50_ms, 2)
