@@ -1,9 +1,9 @@
 """HTTP/1.1 as a worker sees it from nginx: requests framed out of a byte stream, a WSGI environ for
 each, and the bytes of a response.
 
-gunicorn's own parser and response object cost a one-thread worker about 0.4 ms per one-row request
-(regular expressions per header, a generator per body, header checks on the way out): more than the
-model. nginx sends one whole, already-validated request at a time with a Content-Length, so a few
+gunicorn's own parser and response object were ~37 % of a one-thread worker's CPU on a one-row
+request (regular expressions per header, a generator per body, header checks on the way out);
+without them the worker spends 0.13–0.16 ms less per request. nginx sends one whole, already-validated request at a time with a Content-Length, so a few
 ``bytes`` operations read it. Anything else that reaches a worker's socket (pipelined or chunked
 requests, garbage) is still framed correctly or refused with a ``ServingError``.
 """
