@@ -178,3 +178,50 @@ def slow_model(tmp_path: Path) -> Path:
 
 def sleep_request(server: ServeProcess, seconds: float, timeout: float = 30) -> requests.Response:
     return requests.post(server.url + "/invocations", data=str(seconds), headers={"Content-Type": "text/csv"}, timeout=timeout)
+
+
+def build_wheel(wheel_dir: Path, name: str, version: str, source: str) -> Path:
+    """A pure-Python wheel of one module ``name`` (distribution name with '-' for '_'), written by hand."""
+    import base64
+    import hashlib
+    import zipfile
+
+    dist = name.replace("_", "-")
+    info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}.py": source,
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: byoc-serve-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    records = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        records.append(f"{path},sha256={digest},{len(text.encode())}")
+    files[f"{info}/RECORD"] = "\n".join(records + [f"{info}/RECORD,,"]) + "\n"
+    wheel_dir.mkdir(parents=True, exist_ok=True)
+    wheel = wheel_dir / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, text in files.items():
+            archive.writestr(path, text)
+    return wheel
+
+
+# Toolkit style: the extra package is imported at the top of the script.
+NEEDS_A_PACKAGE_SCRIPT = """
+import json
+
+import byoc_fixture_dep
+
+
+def output_fn(prediction, accept):
+    return json.dumps({"tag": byoc_fixture_dep.TAG, "prediction": prediction.tolist()})
+"""
+
+
+def model_needing_a_package(model_dir: Path, requirements: str) -> Path:
+    """An sklearn model whose inference.py imports byoc_fixture_dep, shipped as a wheel in code/wheels/."""
+    train_sklearn_classifier(model_dir)
+    build_wheel(model_dir / "code" / "wheels", "byoc_fixture_dep", "1.0", 'TAG = "from-the-wheel"\n')
+    (model_dir / "code" / "inference.py").write_text(NEEDS_A_PACKAGE_SCRIPT)
+    (model_dir / "code" / "requirements.txt").write_text(requirements)
+    return model_dir

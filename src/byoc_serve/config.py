@@ -17,6 +17,7 @@ DEVICES = ("auto", "cpu", "cuda")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 BATCH_STRATEGIES = ("SINGLE_RECORD", "MULTI_RECORD")
+REQUIREMENTS_MODES = ("check", "install", "ignore")
 
 
 class ConfigError(ValueError):
@@ -34,6 +35,7 @@ class Settings:
     multi_model: bool = False
     handler: str | None = None
     program: str = "inference.py"
+    requirements: str = "check"
     predict_method: str | None = None
     default_accept: str = "application/json"
     timeout_s: int = 60
@@ -157,6 +159,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         multi_model=multi_model,
         handler=(env.get("BYOC_HANDLER") or None),
         program=env.get("SAGEMAKER_PROGRAM") or "inference.py",
+        requirements=_parse(env, "BYOC_REQUIREMENTS", _choice(REQUIREMENTS_MODES), "check"),
         predict_method=_parse(env, "BYOC_PREDICT_METHOD", _choice(PREDICT_METHODS), None),
         default_accept=_parse(env, "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", _encodable, "application/json"),
         timeout_s=timeout,

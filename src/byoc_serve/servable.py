@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from byoc_serve import codecs
+from byoc_serve import codecs, requirements
 from byoc_serve.config import Settings
 from byoc_serve.errors import BadRequest, ModelFailure, ServingError
 from byoc_serve.selection import select_handler
@@ -107,8 +107,18 @@ class Servable:
 
 
 def choose_handler(model_dir: Path, settings: Settings, name: str | None = None) -> Handler:
+    """The model's handler, after its ``code/requirements.txt`` (if any) is checked or installed."""
+    if settings.requirements != "ignore" and requirements.find(model_dir) is not None:
+        with phase("requirements", model=name) as info:
+            info.update(requirements.prepare(model_dir, settings))
     with phase("handler", model=name) as info:
-        handler = select_handler(model_dir, settings)
+        try:
+            handler = select_handler(model_dir, settings)
+        except ImportError as exc:
+            advice = requirements.advice(model_dir, settings)
+            if advice is None:
+                raise
+            raise ImportError(f"{exc}; {advice}") from exc
         info["handler"] = handler.name
     return handler
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from byoc_serve import readiness
+from byoc_serve import readiness, requirements
 from byoc_serve.app import ModelSlot, WSGIApp, create_app
 from byoc_serve.config import Settings, load_settings
 from byoc_serve.logs import configure_logging
@@ -115,7 +115,7 @@ def build_single_model(settings: Settings) -> ServingApplication:
     """Fork-safe handlers load here, before the fork (memory shared copy-on-write); others in each worker."""
     slot = ModelSlot()
     app = create_app(settings, slot)
-    readiness.report_starting(settings.run_dir, "handler")
+    readiness.report_starting(settings.run_dir, "requirements" if requirements.find(settings.model_dir) else "handler")
     handler = choose_handler(settings.model_dir, settings)
     if handler.fork_safe:
         readiness.report_starting(settings.run_dir, "load", handler.name)

@@ -36,6 +36,7 @@ def test_sagemaker_variables_are_honoured_and_ours_win():
         ("SAGEMAKER_MULTI_MODEL", "perhaps"),
         ("BYOC_PREDICT_METHOD", "fit"),
         ("BYOC_CACHE_POLICY", "fifo"),
+        ("BYOC_REQUIREMENTS", "always"),
         ("SAGEMAKER_SAFE_PORT_RANGE", "9000"),
         ("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "image/png"),
     ],
