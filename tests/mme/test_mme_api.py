@@ -266,3 +266,19 @@ def test_tar_slip_archives_are_rejected_with_400(mme, tmp_path, member):
     assert set(os.listdir(cache)) == before
     assert not (cache.parent / "escaped.txt").exists() and not os.path.exists("/tmp/absolute-escape.txt")
     assert mme.get("/models/slip").status_code == 404
+
+
+def test_the_management_api_works_on_one_thread_workers(mme_factory, tmp_path):
+    # BYOC_THREADS=1 puts the Flask management routes on LoopWorkers (http1 framing) instead of gthread.
+    mme = mme_factory(BYOC_THREADS="1")
+    assert "LoopWorker" in mme.log()
+    model = sklearn_model(tmp_path / "model")
+    assert load(mme, "one-thread", model)["state"] == "ready"
+    assert mme.get("/models").json() == {"models": [{"modelName": "one-thread", "modelUrl": str(model)}]}
+    assert mme.get("/models/one-thread").json()["modelName"] == "one-thread"
+    assert mme.post("/models/one-thread/invoke", **CSV).json() == [1]
+    assert mme.post("/models", json={"model_name": "one-thread", "url": str(model)}).status_code == 409
+    assert mme.post("/models", data=b"{not json", headers={"Content-Type": "application/json"}).status_code == 400
+    assert mme.delete("/models/one-thread").status_code == 200
+    assert mme.get("/models/one-thread").status_code == 404
+    assert mme.get("/ping").status_code == 200
