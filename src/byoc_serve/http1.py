@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from urllib.parse import unquote
 
-from byoc_serve.errors import BadRequest, PayloadTooLarge, ServingError
+from typing import Any, Callable
+
+from byoc_serve.errors import BadRequest, PayloadTooLarge, ServingError, envelope_bytes
 
 MAX_HEAD_BYTES = 64 * 1024  # nginx's own limit (large_client_header_buffers 4 × 8k) is far below
 MAX_CHUNK_LINE_BYTES = 1024
@@ -185,7 +187,7 @@ class RequestReader:
             del buffer[: end + 4 + size]
 
 
-def wsgi_environ(request: Request, remote_addr: str = "") -> dict:
+def wsgi_environ(request: Request, remote_addr: str = "", multithread: bool = False) -> dict:
     """The PEP 3333 environ for ``request``; the body is already whole in ``wsgi.input``."""
     head = request.head
     path, _, query = head.target.partition("?")
@@ -205,7 +207,7 @@ def wsgi_environ(request: Request, remote_addr: str = "") -> dict:
         "wsgi.input": io.BytesIO(request.body),
         "wsgi.input_terminated": True,
         "wsgi.errors": sys.stderr,
-        "wsgi.multithread": False,
+        "wsgi.multithread": multithread,
         "wsgi.multiprocess": True,
         "wsgi.run_once": False,
     }
@@ -245,6 +247,35 @@ def response_bytes(status: str, headers: list[tuple[str, str]], body: bytes, kee
     lines.append("\r\n")
     out = "\r\n".join(lines).encode("latin-1")
     return out if head_only else out + body
+
+
+def run_app(app: Callable[..., Any], request: Request, keep_alive: bool, multithread: bool = False) -> tuple[bytes, bool]:
+    """Call the WSGI ``app`` for ``request``: the response's bytes, and whether the connection stays
+    open after it (the client asked to, and so does ``keep_alive``)."""
+    started: list = []
+    written: list[bytes] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        if exc_info is not None and started:
+            raise exc_info[1].with_traceback(exc_info[2])
+        started[:] = [status, headers]
+        return written.append
+
+    result = app(wsgi_environ(request, multithread=multithread), start_response)
+    try:
+        body = b"".join([*written, *result])
+    finally:
+        if hasattr(result, "close"):
+            result.close()
+    status, headers = started
+    keep = request.head.keep_alive and keep_alive
+    return response_bytes(status, headers, body, keep, request.head.method == "HEAD"), keep
+
+
+def refusal_bytes(error: ServingError) -> bytes:
+    """The JSON envelope answering a request that cannot be read; the connection ends after it."""
+    headers = [("Content-Type", "application/json")]
+    return response_bytes(status_line(error.status), headers, envelope_bytes(error), False, False)
 
 
 def status_line(status: int) -> str:

@@ -17,13 +17,12 @@ import selectors
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from gunicorn import util
 from gunicorn.workers.base import Worker
 
 from byoc_serve import http1
-from byoc_serve.errors import ServingError, envelope_bytes
+from byoc_serve.errors import ServingError
 
 log = logging.getLogger("byoc_serve.loop_worker")
 
@@ -124,33 +123,14 @@ class LoopWorker(Worker):
         if self.nr >= self.max_requests:
             log.info("Autorestarting worker after current request.")
             self.alive = False
-        environ = http1.wsgi_environ(request)
-        started: list = []
-        written: list[bytes] = []
-
-        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            if exc_info is not None and started:
-                raise exc_info[1].with_traceback(exc_info[2])
-            started[:] = [status, headers]
-            return written.append
-
-        result = self.wsgi(environ, start_response)
-        try:
-            body = b"".join([*written, *result])
-        finally:
-            if hasattr(result, "close"):
-                result.close()
-        status, headers = started
-        keep = request.head.keep_alive and self.alive
-        conn.sock.sendall(http1.response_bytes(status, headers, body, keep, request.head.method == "HEAD"))
+        response, keep = http1.run_app(self.wsgi, request, keep_alive=self.alive)
+        conn.sock.sendall(response)
         return keep
 
     def refuse(self, conn: Connection, error: ServingError) -> None:
         """Answer a request that cannot be read with the JSON envelope, then stop reading from it."""
-        body = envelope_bytes(error)
-        headers = [("Content-Type", "application/json")]
         try:
-            conn.sock.sendall(http1.response_bytes(http1.status_line(error.status), headers, body, False, False))
+            conn.sock.sendall(http1.refusal_bytes(error))
             conn.sock.shutdown(socket.SHUT_WR)
         except OSError:
             self.close(conn)

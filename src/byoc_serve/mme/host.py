@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Iterable, NoReturn
 
 from flask import Flask
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from byoc_serve.app import InvokeRoute, ModelSlot
 from byoc_serve.archives import (
@@ -38,6 +37,7 @@ from byoc_serve.flask_app import install_error_handlers
 from byoc_serve.memory import estimate_bytes
 from byoc_serve.mme import protocol
 from byoc_serve.mme.activity import Activity
+from byoc_serve.mme.host_server import HostServer
 from byoc_serve.servable import Servable
 from model_handlers.base import Context, Handler
 
@@ -81,15 +81,15 @@ class ManagerLink:
 def run_host(
     spec: HostSpec, link_socket: socket.socket, activity: Activity, app: HostApp, settings: Settings, manager_pid: int
 ) -> NoReturn:
-    """The whole life of a host, in the child right after the fork. Never returns."""
-    code = 1
+    """The whole life of a host, in the child right after the fork. Never returns: SIGTERM ends it
+    with 0 once requests in flight are done, anything else with 1."""
     try:
         _tie_to_manager(manager_pid)
         link = ManagerLink(link_socket)
         try:
             servable = load_model(spec, link, settings)
             app.hold(spec.name, servable, activity)
-            server = bind_server(spec.socket, app)
+            server = bind_server(spec.socket, app, settings)
         except BaseException as exc:
             failure = as_load_failure(exc)
             link.tell("error", **protocol.error(failure))
@@ -99,11 +99,10 @@ def run_host(
         link.tell("ready", handler=servable.handler.name)
         link.close()
         serve(server, activity, settings)
-        code = 0
     except BaseException:
         pass
     finally:
-        os._exit(code)
+        os._exit(1)
 
 
 def _tie_to_manager(manager_pid: int) -> None:
@@ -156,13 +155,6 @@ def as_load_failure(exc: BaseException) -> ServingError:
     return BadRequest(f"the model could not be loaded (phase {phase}): {type(exc).__name__}: {exc}", kind="unusable_artifact")
 
 
-class QuietRequestHandler(WSGIRequestHandler):
-    """No access log line per request: nginx already writes one."""
-
-    def log_request(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-
 class CountedBody:
     """Keeps a request counted as in flight until its response has been sent."""
 
@@ -207,16 +199,12 @@ class HostApp:
             raise
 
 
-def bind_server(path: Path, app: HostApp) -> BaseWSGIServer:
-    """A threaded server on the model's unix socket: requests for one model overlap in one process."""
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = make_server(f"unix://{path}", 0, app, threaded=True, request_handler=QuietRequestHandler)
-    # As root, nginx workers run as another user: they need to be able to connect.
-    os.chmod(path, 0o666 if os.geteuid() == 0 else 0o660)
-    return server
+def bind_server(path: Path, app: HostApp, settings: Settings) -> HostServer:
+    """The model's socket, served by BYOC_THREADS threads: requests for one model overlap in one process."""
+    return HostServer(path, app, settings.threads, settings.max_payload_bytes, settings.timeout_s)
 
 
-def serve(server: BaseWSGIServer, activity: Activity, settings: Settings) -> None:
+def serve(server: HostServer, activity: Activity, settings: Settings) -> NoReturn:
     """Serve until SIGTERM; then let requests in flight finish (the manager already removed the socket
     file, so no new ones arrive) and exit at once, without tearing down the heap object by object."""
 
@@ -227,9 +215,7 @@ def serve(server: BaseWSGIServer, activity: Activity, settings: Settings) -> Non
         os._exit(0)
 
     signal.signal(signal.SIGTERM, drain)
-    # The poll interval only matters for server.shutdown(), which is never called: SIGTERM ends the
-    # process. A long one keeps hundreds of idle hosts from waking up.
-    server.serve_forever(poll_interval=3600)
+    server.serve_forever()
 
 
 class _EchoHandler(Handler):
@@ -249,7 +235,7 @@ def rehearse(app: HostApp, settings: Settings) -> None:
     with tempfile.TemporaryDirectory(prefix="byoc-rehearsal-") as tmp:
         context = Context(model_dir=Path(tmp), settings=settings, model_name="rehearsal")
         app.hold("rehearsal", Servable(_EchoHandler(), None, context), Activity())
-        server = bind_server(Path(tmp) / "rehearsal.sock", app)
+        server = bind_server(Path(tmp) / "rehearsal.sock", app, settings)
         client, handler_end = socket.socketpair()
         with client, handler_end:
             body = b"1,2,3,4"
@@ -257,9 +243,9 @@ def rehearse(app: HostApp, settings: Settings) -> None:
                 b"POST /invoke HTTP/1.1\r\nHost: rehearsal\r\nContent-Type: text/csv\r\nAccept: application/json\r\n"
                 b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
             )
-            server.finish_request(handler_end, "")  # in this thread: no handler thread outlives the call
+            server.handle(handler_end)  # in this thread: the manager forks with no other threads
             status = client.recv(64).split(b" ", 2)[1]
-        server.server_close()
+        server.close()
         if status != b"200":
             log.warning("host rehearsal answered %s", status.decode())
     _warm_sklearn()
