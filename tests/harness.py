@@ -57,7 +57,9 @@ def as_nobody(command: list[str]) -> list[str]:
 class ServeProcess:
     """One running ``serve``; its log is captured to a file for assertions."""
 
-    def __init__(self, model_dir: Path | None = None, env: dict[str, str] | None = None, args: tuple[str, ...] = ()):
+    def __init__(self, model_dir: Path | None = None, env: dict[str, str] | None = None, args: tuple[str, ...] = (),
+                 command: tuple[str, ...] = (SERVE,)):
+        self.command = command
         self.port = free_port()
         self.run_dir = Path(tempfile.mkdtemp(prefix="byoc-run-"))
         self.url = f"http://127.0.0.1:{self.port}"
@@ -78,7 +80,7 @@ class ServeProcess:
     def start(self, wait_ready: bool = True, timeout: float = 60) -> "ServeProcess":
         # Append mode: nginx reopens /dev/stdout for its access log, and only O_APPEND keeps both writers intact.
         self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([SERVE, *self.args], env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([*self.command, *self.args], env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
         if wait_ready:
             self.wait_ready(timeout)
         return self

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import psutil
 import requests
@@ -127,3 +129,17 @@ def test_unreachable_app_gives_502_as_json_not_html(serve_factory, tmp_path):
     assert response.status_code == 502
     assert response.headers["Content-Type"].startswith("application/json")
     assert response.json()["type"] == "bad_gateway"
+
+
+def test_top_level_serve_program_serves_the_demo_model_and_drains(tmp_path):
+    """The checkout's own ``serve`` file (the container entry) is the same program as the console script."""
+    top_level = str(Path(__file__).resolve().parents[2] / "serve")
+    server = ServeProcess(tmp_path / "absent", {"BYOC_WORKERS": "1"}, args=("serve", "--demo"),
+                          command=(sys.executable, top_level)).start()
+    try:
+        response = server.post("/invocations", data="5.1,3.5,1.4,0.2", headers={"Content-Type": "text/csv"})
+        assert response.status_code == 200, response.text
+        assert response.json() == [0]  # iris setosa
+    finally:
+        assert server.stop() == 0
+    assert "demo model written to" in server.log()
