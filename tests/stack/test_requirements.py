@@ -18,8 +18,9 @@ def test_install_mode_installs_what_is_missing_and_a_restart_reuses_it(tmp_path)
     run_dir = Path(tempfile.mkdtemp(prefix="byoc-run-"))  # nginx's workers cannot reach into tmp_path
     try:
         for attempt in ("fresh", "restart"):
-            server = ServeProcess(model, {"BYOC_REQUIREMENTS": "install", "BYOC_RUN_DIR": str(run_dir)}).start(timeout=120)
+            server = ServeProcess(model, {"BYOC_REQUIREMENTS": "install", "BYOC_RUN_DIR": str(run_dir)})
             try:
+                server.start(timeout=120)
                 response = server.post("/invocations", **ROW)
                 assert response.status_code == 200, response.text
                 assert response.json() == {"tag": "from-the-wheel", "prediction": [1]}
