@@ -29,12 +29,15 @@ class SklearnHandler(Handler):
         path = find_artifact(model_dir, ARTIFACT_NAMES, ARTIFACT_SUFFIXES)
         if path is None:
             raise BadRequest(f"no {' / '.join(ARTIFACT_NAMES)} in {model_dir}")
-        if path.suffix == ".joblib":
-            import joblib
+        import joblib
 
+        if path.suffix == ".joblib":
             return joblib.load(path)
-        with path.open("rb") as f:
-            return pickle.load(f)
+        try:
+            with path.open("rb") as f:
+                return pickle.load(f)
+        except pickle.UnpicklingError:
+            return joblib.load(path)  # joblib.dump writes arrays outside the pickle stream, and is often used for .pkl
 
     def predict(self, model: Any, data: Any, context: Context) -> Any:
         method = predict_method(context)

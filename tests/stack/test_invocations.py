@@ -202,3 +202,48 @@ def test_batch_mode_gives_one_line_per_record_in_order(serve_factory, model_dir,
     assert server.get("/execution-parameters").json() == {
         "MaxConcurrentTransforms": 3, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 20,
     }
+
+
+DECISION_ATTRIBUTE = {"X-Amzn-SageMaker-Custom-Attributes": "predict_method=decision_function"}
+PROBA_ATTRIBUTE = {"X-Amzn-SageMaker-Custom-Attributes": "predict_method=predict_proba"}
+
+
+def test_decision_function_per_request_through_custom_attributes(server, model_dir, expected):
+    decision = joblib.load(model_dir / "model.joblib").decision_function(np.array(ROWS))
+    response = post(server, orjson.dumps(ROWS), "application/json", **DECISION_ATTRIBUTE)
+    assert response.status_code == 200, response.text
+    assert np.allclose(response.json(), decision)
+    # The attribute is per request: the next request without it is back to predict().
+    assert post(server, orjson.dumps(ROWS), "application/json").json() == expected[0]
+
+
+def test_decision_function_from_setting(serve_factory, model_dir):
+    model = joblib.load(model_dir / "model.joblib")
+    server = serve_factory(model_dir, {"BYOC_PREDICT_METHOD": "decision_function", "BYOC_WORKERS": "1"})
+    response = post(server, orjson.dumps(ROWS), "application/json")
+    assert response.status_code == 200, response.text
+    assert np.allclose(response.json(), model.decision_function(np.array(ROWS)))
+    assert not np.allclose(response.json(), model.predict(np.array(ROWS)))  # really the scores, not the labels
+    # A per-request attribute still wins over the setting.
+    proba = post(server, orjson.dumps(ROWS), "application/json", **PROBA_ATTRIBUTE)
+    assert np.allclose(proba.json(), model.predict_proba(np.array(ROWS)))
+
+
+@pytest.mark.parametrize("dump", ["pickle", "joblib"])
+def test_model_pkl_serves_the_models_own_predictions(serve_factory, tmp_path, dump):
+    """README: scikit-learn `model.pkl`, whether written with pickle.dump or joblib.dump (both are common)."""
+    model = joblib.load(train_sklearn_classifier(tmp_path / "fit") / "model.joblib")
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    if dump == "pickle":
+        import pickle
+
+        (model_dir / "model.pkl").write_bytes(pickle.dumps(model))
+    else:
+        joblib.dump(model, model_dir / "model.pkl")
+    server = serve_factory(model_dir, {"BYOC_WORKERS": "1"})
+    response = post(server, orjson.dumps(ROWS), "application/json")
+    assert response.status_code == 200, response.text
+    assert response.json() == model.predict(np.array(ROWS)).tolist()
+    proba = post(server, orjson.dumps(ROWS), "application/json", **PROBA_ATTRIBUTE)
+    assert np.allclose(proba.json(), model.predict_proba(np.array(ROWS)))
