@@ -227,3 +227,16 @@ def model_needing_a_package(model_dir: Path, requirements: str) -> Path:
     (model_dir / "code" / "inference.py").write_text(NEEDS_A_PACKAGE_SCRIPT)
     (model_dir / "code" / "requirements.txt").write_text(requirements)
     return model_dir
+
+
+def add_code(model_dir: Path, script: str | None = None, **code_files: str) -> Path:
+    """``model_dir`` with ``code/inference.py`` (dedented; none if ``script`` is None) and any other
+    ``code/`` files given by name (``warmup_json=...`` writes ``code/warmup.json``)."""
+    code = model_dir / "code"
+    code.mkdir(parents=True, exist_ok=True)
+    if script is not None:
+        (code / "inference.py").write_text(textwrap.dedent(script))
+    for name, text in code_files.items():
+        stem, _, suffix = name.rpartition("_")
+        (code / f"{stem}.{suffix}").write_text(text)
+    return model_dir

@@ -60,11 +60,6 @@ class Servable:
         Each step logs its phase so a failed start names where it failed.
         """
         model_dir = Path(model_dir)
-        with phase("artifacts", model=name):
-            if not model_dir.is_dir():
-                raise BadRequest(f"model directory {model_dir} does not exist")
-            if not any(model_dir.iterdir()):
-                raise BadRequest(f"model directory {model_dir} is empty")
         if handler is None:
             handler = choose_handler(model_dir, settings, name)
         context = Context(model_dir=model_dir, settings=settings, model_name=name)
@@ -107,7 +102,12 @@ class Servable:
 
 
 def choose_handler(model_dir: Path, settings: Settings, name: str | None = None) -> Handler:
-    """The model's handler, after its ``code/requirements.txt`` (if any) is checked or installed."""
+    """The model's handler, once the artifacts exist and ``code/requirements.txt`` (if any) is checked or installed."""
+    with phase("artifacts", model=name):
+        if not model_dir.is_dir():
+            raise BadRequest(f"model directory {model_dir} does not exist")
+        if not any(model_dir.iterdir()):
+            raise BadRequest(f"model directory {model_dir} is empty")
     if settings.requirements != "ignore" and requirements.find(model_dir) is not None:
         with phase("requirements", model=name) as info:
             info.update(requirements.prepare(model_dir, settings))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import threading
@@ -11,9 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
+import pytest
 import requests
 
-from harness import ServeProcess, sleep_request, slow_model, train_sklearn_classifier
+from harness import ServeProcess, add_code, build_wheel, sleep_request, slow_model, train_sklearn_classifier
 
 def test_ping_is_503_with_a_reason_until_loaded_then_200(serve_factory, tmp_path):
     server = serve_factory(slow_model(tmp_path), {"TEST_LOAD_SECONDS": "2"}, wait_ready=False)
@@ -97,7 +99,7 @@ def test_missing_model_is_fatal_and_names_the_phase(tmp_path):
         assert "FATAL start-up failed in phase=" in server.log()
         # serve's own last FATAL line repeats why, so a short log tail (docker logs, byoc smoke) shows it.
         fatal = [line for line in server.log().splitlines() if "FATAL gunicorn exited unexpectedly" in line]
-        assert fatal and "start-up failed in phase=handler" in fatal[-1], server.log()
+        assert fatal and "start-up failed in phase=artifacts" in fatal[-1] and "is empty" in fatal[-1], server.log()
     finally:
         server.stop()
 
@@ -143,3 +145,86 @@ def test_top_level_serve_program_serves_the_demo_model_and_drains(tmp_path):
     finally:
         assert server.stop() == 0
     assert "demo model written to" in server.log()
+
+
+def test_start_up_phases_are_logged_in_order_ending_with_ready(serve_factory, tmp_path):
+    server = serve_factory(train_sklearn_classifier(tmp_path / "m"))
+    phases = re.findall(r"byoc_serve\.\w+: phase=([\w-]+) ", server.log())
+    assert phases == ["config", "artifacts", "handler", "load", "warm-up", "ready"], server.log()
+
+
+def test_serve_exits_non_zero_when_nginx_dies(tmp_path):
+    server = ServeProcess(train_sklearn_classifier(tmp_path / "m")).start()
+    nginx_workers: list[psutil.Process] = []
+    try:
+        children = psutil.Process(server.proc.pid).children()
+        nginx = next(p for p in children if "nginx" in p.name())
+        gunicorn = next(p for p in children if "byoc_serve.workers" in " ".join(p.cmdline()))
+        nginx_workers = nginx.children()
+        os.kill(nginx.pid, signal.SIGKILL)
+        assert server.proc.wait(15) != 0
+        assert "FATAL nginx exited unexpectedly" in server.log()
+        assert not gunicorn.is_running() or gunicorn.status() == psutil.STATUS_ZOMBIE
+    finally:
+        server.stop()
+        for worker in nginx_workers:  # orphaned by the SIGKILL: nginx workers do not follow their master
+            if worker.is_running():
+                worker.kill()
+
+
+FAILING_WARMUP_SCRIPT = '''
+def predict_fn(data, model):
+    if data.tolist() == [[9.0, 9.0, 9.0, 9.0]]:
+        raise RuntimeError("the warm-up sample is refused")
+    return model.predict(data)
+'''
+
+
+@pytest.mark.parametrize(
+    "script, files",
+    [
+        (FAILING_WARMUP_SCRIPT, {"warmup_json": "[[9, 9, 9, 9]]"}),  # predict_fn raises on the sample
+        (None, {"warmup_csv": "1,2\n"}),  # a sample with two features for a model that takes four
+    ],
+    ids=["predict_fn_raises", "sample_does_not_fit"],
+)
+def test_failed_warm_up_is_fatal_names_the_phase_and_ping_never_was_200(tmp_path, script, files):
+    server = ServeProcess(add_code(train_sklearn_classifier(tmp_path / "m"), script, **files)).start(wait_ready=False)
+    try:
+        pings = []
+        while server.proc.poll() is None:
+            try:
+                pings.append(requests.get(server.url + "/ping", timeout=2).status_code)
+            except requests.ConnectionError:
+                time.sleep(0.01)
+        assert server.proc.returncode != 0
+        assert 503 in pings and 200 not in pings, pings
+        log = server.log()
+        assert "phase=warm-up FAILED" in log and "FATAL start-up failed in phase=warm-up" in log, log
+        assert "phase=ready" not in log
+    finally:
+        server.stop()
+
+
+def test_log_level_debug_shows_pip_output_and_error_hides_warnings(serve_factory, tmp_path):
+    """code/requirements.txt pins numpy to a version the image lacks (WARNING in every mode) and lists a
+    package the image lacks (WARNING in check mode; installed from code/wheels/ in install mode, where
+    pip's own output is logged at DEBUG)."""
+    model_dir = train_sklearn_classifier(tmp_path / "m")
+    build_wheel(model_dir / "code" / "wheels", "byoc_fixture_dep", "1.0", 'TAG = "from-the-wheel"\n')
+    (model_dir / "code" / "requirements.txt").write_text("byoc-fixture-dep==1.0\nnumpy<1\n")
+    row = {"data": "1,2,3,4", "headers": {"Content-Type": "text/csv"}}
+
+    loud = serve_factory(model_dir, {"BYOC_LOG_LEVEL": "DEBUG", "BYOC_REQUIREMENTS": "install", "BYOC_WORKERS": "1"})
+    assert loud.post("/invocations", **row).status_code == 200
+    log = loud.log()
+    assert re.search(r"DEBUG \[\d+\] byoc_serve\.requirements: pip: Successfully installed byoc-fixture-dep-1\.0", log), log
+    assert "[DEBUG] Arbiter booted" in log  # gunicorn follows BYOC_LOG_LEVEL too
+    assert re.search(r"WARNING \[\d+\] byoc_serve\.requirements: .*asks for versions other than the image's", log), log
+
+    quiet = serve_factory(model_dir, {"BYOC_LOG_LEVEL": "ERROR", "BYOC_WORKERS": "1"})
+    assert quiet.post("/invocations", **row).status_code == 200
+    log = quiet.log()
+    assert "asks for versions other than the image's" not in log and "lists what the image may lack" not in log, log
+    assert not re.search(r" (DEBUG|INFO|WARNING) \[\d+\] ", log), log
+    assert "phase=requirements ok" not in log and "[INFO]" not in log

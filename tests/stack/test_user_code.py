@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import textwrap
 
+import joblib
 import numpy as np
 import orjson
 
@@ -126,3 +127,53 @@ def test_transform_fn_with_other_hooks_fails_start_up_naming_the_phase(tmp_path)
         assert "FATAL start-up failed in phase=handler" in server.log()
     finally:
         server.stop()
+
+
+# Toolkit contract: input_fn, predict_fn and output_fn may each take a trailing context; each shows what it got.
+CONTEXT_HOOKS_SCRIPT = '''
+import json
+
+import joblib
+import numpy as np
+
+
+def input_fn(request_body, content_type, context):
+    return {"rows": np.array(json.loads(request_body)), "input_saw": context.custom_attributes}
+
+
+def predict_fn(data, model, context):
+    return {**data, "proba": model.predict_proba(data["rows"]), "predict_saw": str(context.model_dir)}
+
+
+def output_fn(prediction, accept, context):
+    context.set_response_custom_attributes("rows=%d" % len(prediction["rows"]))
+    return json.dumps({
+        "proba": prediction["proba"].tolist(),
+        "input_saw": prediction["input_saw"],
+        "predict_saw": prediction["predict_saw"],
+        "output_saw": context.system_properties["model_dir"],
+    }), "application/json"
+'''
+
+
+def test_input_predict_and_output_fn_each_receive_the_context(serve_factory, tmp_path):
+    model_dir = write_model(tmp_path, CONTEXT_HOOKS_SCRIPT)
+    server = serve_factory(model_dir, {"BYOC_WORKERS": "1"})
+    response = server.post(
+        "/invocations",
+        data=orjson.dumps(ROWS),
+        headers={"Content-Type": "application/json", "X-Amzn-SageMaker-Custom-Attributes": "tenant=a7"},
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["input_saw"] == "tenant=a7"
+    assert body["predict_saw"] == body["output_saw"] == str(model_dir)
+    assert response.headers["X-Amzn-SageMaker-Custom-Attributes"] == "rows=2"
+    # model_fn was left out: the scikit-learn handler loaded the model predict_fn was given.
+    model = joblib.load(model_dir / "model.joblib")
+    assert np.allclose(body["proba"], model.predict_proba(np.array(ROWS)))
+    # Each request gets its own context: no attribute now, and none carried over from the last request.
+    plain = server.post("/invocations", data=orjson.dumps(ROWS[:1]), headers={"Content-Type": "application/json"})
+    assert plain.status_code == 200, plain.text
+    assert plain.json()["input_saw"] is None
+    assert plain.headers["X-Amzn-SageMaker-Custom-Attributes"] == "rows=1"

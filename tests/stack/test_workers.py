@@ -6,6 +6,8 @@ nginx only ever sends one whole request at a time; these tests also send what ng
 
 from __future__ import annotations
 
+import ast
+import re
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import orjson
 import pytest
 
-from harness import ServeProcess, sleep_request, slow_model, train_sklearn_classifier
+from harness import ServeProcess, add_code, sleep_request, slow_model, train_sklearn_classifier
 
 GOOD = {"data": "1,2,3,4", "headers": {"Content-Type": "text/csv"}}
 CSV_REQUEST = (
@@ -178,3 +180,45 @@ def test_requests_go_to_the_idle_worker_not_behind_a_busy_one(tmp_path, serve_fa
             assert time.monotonic() - started < 1.0
         assert not busy.done()
         assert busy.result().status_code == 200
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+THREADS_SCRIPT = f'''
+import os
+
+
+def model_fn(model_dir):
+    return "no model"
+
+
+def predict_fn(data, model):
+    return [os.environ.get(name) for name in {THREAD_VARIABLES!r}]
+'''
+
+
+@pytest.mark.parametrize(
+    "workers, user_set",
+    [(2, {}), (1, {"OMP_NUM_THREADS": "3"})],  # on 2 cores: 1 thread per worker; 2, but the user's OMP value stays
+    ids=["two_workers", "one_worker_user_omp"],
+)
+def test_start_up_log_shows_workers_and_threads_and_the_thread_variables_reach_the_workers(tmp_path, workers, user_set):
+    from byoc_serve.config import cpu_count
+
+    cores = cpu_count()
+    intra = max(1, cores // workers)  # README: BYOC_INTRA_OP_THREADS defaults to cores ÷ workers
+    server = ServeProcess(add_code(tmp_path / "m", THREADS_SCRIPT), {"BYOC_WORKERS": str(workers), **user_set})
+    for name in THREAD_VARIABLES:
+        if name not in user_set:
+            server.env.pop(name, None)  # only what serve sets, whatever this test runner's own environment says
+    try:
+        server.start()
+        log = server.log()
+        assert re.search(rf"phase=config ok .* cores={cores} workers={workers} threads=1 intra_op_threads={intra} ", log), log
+        settings = ast.literal_eval(re.search(r"byoc_serve\.serve: settings (\{.*\})", log).group(1))
+        assert settings["workers"] == workers and settings["intra_op_threads"] == intra
+        assert settings["model_dir"] == str(tmp_path / "m") and settings["threads"] == 1
+        response = server.post("/invocations", **GOOD)
+        assert response.status_code == 200, response.text
+        assert response.json() == [user_set.get(name, str(intra)) for name in THREAD_VARIABLES]
+    finally:
+        server.stop()
