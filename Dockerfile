@@ -6,6 +6,8 @@
 # Written for the classic builder (no BuildKit-only syntax) so a plain build gives a single-arch
 # Docker v2 image, the only manifest type SageMaker CreateModel accepts. `byoc build` does this.
 # Wheels placed in ./wheels/ (e.g. a CPU torch wheel) are preferred by pip during the build.
+# `byoc build --requirements FILE` adds FILE as wheels/requirements.txt, pip-installed after the deps
+# and constrained to the versions they installed, so a conflicting pin fails the build.
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS build
@@ -27,7 +29,9 @@ RUN set -eux; cd /tmp/deps; touch README.md; \
                  elif [ -n "${TORCH_INDEX_URL}" ]; then pip install --index-url "${TORCH_INDEX_URL}" torch; fi ;; \
     esac; \
     pip install --find-links /tmp/deps "numpy==${NUMPY_VERSION}" ".[${FRAMEWORKS}]"; \
-    pip uninstall -y byoc-serve
+    pip uninstall -y byoc-serve; \
+    if [ -f /tmp/deps/requirements.txt ]; then pip list --format=freeze > /tmp/runtime-constraints.txt; \
+      pip install --find-links /tmp/deps -c /tmp/runtime-constraints.txt -r /tmp/deps/requirements.txt; fi
 
 COPY . /tmp/src
 RUN pip install --no-deps /tmp/src && pip check

@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
+from pathlib import Path
 
 import pytest
 import requests
@@ -13,11 +15,14 @@ import requests
 from byoc_serve.cli import main
 from byoc_serve.cli.container import free_port
 from byoc_serve.cli.exits import CHECK_FAILED
-from harness import wait_for_ping
+from harness import build_wheel, wait_for_ping
 
 pytestmark = pytest.mark.docker
 
 SIZE_LIMIT = 1_500_000_000
+REPO = Path(__file__).resolve().parents[2]
+REQUIREMENTS_IMAGE = "byoc-serve:ci-cpu-requirements"
+BUILD_TIMEOUT_S = 900
 
 
 def test_image_carries_sagemaker_capability_labels(docker_client, cpu_image):
@@ -111,3 +116,42 @@ def test_byoc_run_serves_archive_until_sigterm_then_removes_container(docker_cli
             cli.kill()
         log.close()
     assert docker_client.containers.list(all=True, filters={"label": "byoc-serve.cli"}) == []
+
+
+def with_fixed_times(wheel: Path) -> Path:
+    """Rewrite the zip with fixed entry times: the same bytes every run keep the build's layer cache."""
+    with zipfile.ZipFile(wheel) as source:
+        entries = [(zipfile.ZipInfo(item.filename, (1980, 1, 1, 0, 0, 0)), source.read(item)) for item in source.infolist()]
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for info, data in entries:
+            archive.writestr(info, data)
+    return wheel
+
+
+def test_build_bakes_requirements_satisfied_by_given_wheels(docker_client, base_image, tmp_path):
+    wheels = tmp_path / "wheels"
+    with_fixed_times(build_wheel(wheels, "byoc_baked_dep", "1.0", 'VALUE = "baked-in"\n'))
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("byoc-baked-dep==1.0\n")  # on no index: only the --wheels file satisfies it
+    started = time.monotonic()
+    done = subprocess.run([str(Path(sys.executable).with_name("byoc")), "build", "--context", str(REPO),
+                           "--base-image", base_image, "--tag", REQUIREMENTS_IMAGE,
+                           "--requirements", str(requirements), "--wheels", str(wheels)],
+                          capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+    print(f"\nbyoc build --requirements --wheels: {time.monotonic() - started:.0f}s")
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = docker_client.containers.run(
+        REQUIREMENTS_IMAGE, entrypoint=["python", "-c", "import byoc_baked_dep; print(byoc_baked_dep.VALUE)"],
+        network_mode="host", remove=True)
+    assert out.decode().strip() == "baked-in"
+
+
+def test_build_fails_when_requirements_would_change_the_runtimes_packages(base_image, tmp_path):
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("numpy<1.26\n")  # the image pins numpy 1.26.x; pip must not swap it out
+    done = subprocess.run([str(Path(sys.executable).with_name("byoc")), "build", "--context", str(REPO),
+                           "--base-image", base_image, "--tag", REQUIREMENTS_IMAGE + "-conflict",
+                           "--requirements", str(requirements)],
+                          capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert "numpy" in done.stderr and "conflict" in done.stderr.lower(), done.stderr[-3000:]

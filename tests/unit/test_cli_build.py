@@ -64,7 +64,7 @@ def test_context_follows_dockerignore_and_adds_wheels(tmp_path):
     out = tmp_path / "context.tar"
 
     with out.open("wb") as f:
-        build.write_context(REPO, "Dockerfile.gpu", wheels, f)
+        build.write_context(REPO, "Dockerfile.gpu", wheels, None, f)
 
     with tarfile.open(out) as tar:
         names = set(tar.getnames())
@@ -72,3 +72,40 @@ def test_context_follows_dockerignore_and_adds_wheels(tmp_path):
     assert "wheels/torch-2.13.0+cpu-cp311-none-any.whl" in names
     assert "wheels/notes.txt" not in names
     assert not any(n.startswith((".git/", ".venv/", "tests/")) for n in names)
+
+
+def test_context_carries_requirements_file_as_wheels_requirements_txt(tmp_path):
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("byoc-probe==1.0\n")
+    out = tmp_path / "context.tar"
+
+    with out.open("wb") as f:
+        build.write_context(REPO, "Dockerfile", None, requirements, f)
+
+    with tarfile.open(out) as tar:
+        carried = tar.extractfile("wheels/requirements.txt")
+        assert carried is not None and carried.read() == b"byoc-probe==1.0\n"
+
+
+def test_stray_wheels_paths_in_the_context_root_stay_out(tmp_path):
+    root = tmp_path / "checkout"
+    (root / "wheels").mkdir(parents=True)
+    (root / "wheels-old").mkdir()
+    (root / "Dockerfile").write_text("FROM scratch\n")
+    (root / ".dockerignore").write_text((REPO / ".dockerignore").read_text())
+    for stray in ("wheels/requirements.txt", "wheels-old/pyproject.toml", "wheels.txt"):
+        (root / stray).write_text("stray")
+    (root / "wheels" / "torch-2.13.0+cpu-cp311-none-any.whl").write_bytes(b"wheel")
+    out = tmp_path / "context.tar"
+
+    with out.open("wb") as f:
+        build.write_context(root, "Dockerfile", None, None, f)
+
+    with tarfile.open(out) as tar:
+        files = {m.name for m in tar.getmembers() if m.isfile() and m.name.startswith("wheels")}
+    assert files == {"wheels/torch-2.13.0+cpu-cp311-none-any.whl"}
+
+
+def test_missing_requirements_file_is_a_usage_error(tmp_path, capsys):
+    assert main(["build", "--context", str(REPO), "--requirements", str(tmp_path / "requirements.txt")]) == USAGE
+    assert "is not a file" in capsys.readouterr().err

@@ -36,6 +36,11 @@ GPU image: --triton-source base (default) takes tritonserver from --base-image (
 image); pytriton-wheel takes it from the nvidia-pytriton wheel (for machines without NVIDIA's
 image). The wheel form defaults to --frameworks sklearn,xgboost because PyPI's torch is a
 multi-GB CUDA build; add torch and pass --wheels DIR holding a CPU torch wheel to include it.
+
+--requirements FILE (e.g. a model's code/requirements.txt) is pip-installed into the image right
+after the runtime's dependencies, so nothing is installed at container start; wheels given with
+--wheels satisfy it without an index. It is constrained to the versions the runtime installed,
+so a requirement that would change one of them (say numpy<1.26) fails the build.
 Exit codes: 0 built, 2 usage error, 3 the build or the Docker engine failed."""
 
 
@@ -49,6 +54,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--platform", help="target platform, e.g. linux/amd64 or linux/arm64 (default: the engine's)")
     parser.add_argument("--triton-source", choices=TRITON_SOURCES, default="base", help="GPU image: where tritonserver comes from")
     parser.add_argument("--wheels", type=Path, help="directory of extra wheels (e.g. a CPU torch) preferred by pip in the build")
+    parser.add_argument("--requirements", type=Path, metavar="FILE",
+                        help="pip requirements file (e.g. a model's code/requirements.txt) baked into the image")
     parser.add_argument("--build-arg", action="append", metavar="KEY=VALUE", help="extra build argument (repeatable)")
     parser.add_argument("--context", type=Path, default=Path("."), help="build context: a byoc-serve checkout (default: .)")
     parser.add_argument("--verbose", action="store_true", help="print the full build log instead of one line per step")
@@ -62,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"{context} has no {dockerfile}; run from a byoc-serve checkout or pass --context", USAGE)
     if args.wheels is not None and not args.wheels.is_dir():
         raise CliError(f"--wheels {args.wheels} is not a directory", USAGE)
+    if args.requirements is not None and not args.requirements.is_file():
+        raise CliError(f"--requirements {args.requirements} is not a file", USAGE)
     build_args = build_arguments(args)
     tag = args.tag or ("byoc-serve:gpu" if args.gpu else "byoc-serve:cpu")
     client = docker_client()
@@ -73,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     say(f"building {tag} from {context / dockerfile} for {target} ({', '.join(f'{k}={v}' for k, v in build_args.items())})")
     started = time.monotonic()
     with tempfile.TemporaryFile() as context_tar, docker_errors("build"):
-        write_context(context, dockerfile, args.wheels, context_tar)
+        write_context(context, dockerfile, args.wheels, args.requirements, context_tar)
         context_tar.seek(0)
         image_id = _stream_build(client, context_tar, dockerfile, tag, build_args, args.platform, args.verbose)
         attrs = client.images.get(image_id).attrs
@@ -111,8 +120,10 @@ def build_arguments(args: argparse.Namespace) -> dict[str, str]:
     return values
 
 
-def write_context(root: Path, dockerfile: str, wheels: Path | None, out: IO[bytes]) -> None:
-    """The build context as a tar: root filtered by its .dockerignore, plus wheel files under wheels/."""
+def write_context(root: Path, dockerfile: str, wheels: Path | None, requirements: Path | None,
+                  out: IO[bytes]) -> None:
+    """The build context as a tar: root filtered by its .dockerignore, plus wheel files and the
+    requirements file (as requirements.txt) under wheels/, which the Dockerfile copies to /tmp/deps."""
     from docker.utils.build import exclude_paths
 
     ignore = root / ".dockerignore"
@@ -124,6 +135,8 @@ def write_context(root: Path, dockerfile: str, wheels: Path | None, out: IO[byte
         if wheels is not None:
             for wheel in sorted(wheels.glob("*.whl")):
                 tar.add(wheel.resolve(), arcname=f"wheels/{wheel.name}")  # a linked wheel is sent as the file
+        if requirements is not None:
+            tar.add(requirements.resolve(), arcname="wheels/requirements.txt")
 
 
 def _stream_build(client, context_tar: IO[bytes], dockerfile: str, tag: str,  # type: ignore[no-untyped-def]
