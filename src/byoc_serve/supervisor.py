@@ -9,8 +9,10 @@ import os
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -71,7 +73,11 @@ class Supervisor:
             s.intra_op_threads, s.timeout_s, s.max_payload_bytes,
         )
         log.info("settings %s", s.describe())
-        self.prepare_run_dir()
+        try:
+            self.prepare_run_dir()
+        except ConfigError as exc:
+            log.critical("FATAL start-up failed in phase=config: %s", exc)
+            return EXIT_CONFIG
         conf = write_nginx_conf(s)
         self.access_log = open_access_log_pipe(s.run_dir)
         signal.signal(signal.SIGTERM, self.on_signal)
@@ -86,6 +92,13 @@ class Supervisor:
         run_dir = self.settings.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(run_dir, 0o755)
+        closed = closed_ancestor(run_dir) if os.geteuid() == 0 else None
+        if closed is not None:
+            raise ConfigError(
+                f"BYOC_RUN_DIR={run_dir}: nginx's workers (user nobody, as serve runs as root) cannot reach it "
+                f"because {closed} is not searchable by others; use a directory under {Path(tempfile.gettempdir())} "
+                f"or chmod o+x {closed}"
+            )
         for stale in ("status", "models", "workers", "gunicorn.sock"):
             path = run_dir / stale
             if path.is_dir():
@@ -173,6 +186,14 @@ class Supervisor:
             if proc.returncode is None:
                 log.warning("%s did not stop within %d s: killing it", name, DRAIN_SECONDS)
                 proc.kill()
+
+
+def closed_ancestor(path: Path) -> Path | None:
+    """The first directory above ``path`` that others cannot search (nginx's workers read the run directory)."""
+    for parent in reversed(path.resolve().parents):
+        if not parent.stat().st_mode & stat.S_IXOTH:
+            return parent
+    return None
 
 
 def open_access_log_pipe(run_dir: Path) -> int:

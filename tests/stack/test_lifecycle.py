@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -228,3 +230,18 @@ def test_log_level_debug_shows_pip_output_and_error_hides_warnings(serve_factory
     assert "asks for versions other than the image's" not in log and "lists what the image may lack" not in log, log
     assert not re.search(r" (DEBUG|INFO|WARNING) \[\d+\] ", log), log
     assert "phase=requirements ok" not in log and "[INFO]" not in log
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="nginx drops to user nobody only when serve runs as root")
+def test_run_dir_nginx_workers_cannot_reach_is_a_config_error_naming_the_variable(tmp_path):
+    private = Path(tempfile.mkdtemp(prefix="byoc-private-"))  # mode 0700, under the world-searchable /tmp
+    server = ServeProcess(train_sklearn_classifier(tmp_path / "m"), {"BYOC_RUN_DIR": str(private / "run")})
+    server.start(wait_ready=False)
+    try:
+        assert server.proc.wait(30) == 2
+        fatal = next(line for line in server.log().splitlines() if "FATAL" in line)
+        assert "phase=config" in fatal and f"BYOC_RUN_DIR={private / 'run'}" in fatal, server.log()
+        assert f"because {private} is not searchable" in fatal
+    finally:
+        server.stop()
+        shutil.rmtree(private)
