@@ -78,4 +78,5 @@ def test_unloading_a_dl_model_leaves_the_others_serving(mme, artifacts):
     assert mme.delete("/models/extra-torch").status_code == 200
     assert mme.post("/models/extra-torch/invoke", data=b"[1,2,3,4]", headers={"Content-Type": "application/json"}).status_code == 404
     assert not Path(f"/proc/{pid}").exists()
+    assert mme.get("/ping").status_code == 200
     assert_close(invoke(mme, "torchscript", orjson.dumps(ROWS.tolist()), "application/json"), artifacts("torchscript").expected(ROWS))

@@ -120,6 +120,13 @@ def load(server: ServeProcess, name: str, url: Path | str, **kwargs) -> dict:
     return response.json()
 
 
+def assert_healthy(server: ServeProcess, model: str) -> None:
+    """After any bad request: /ping is still 200 and the loaded ``model`` still answers a good request."""
+    assert server.get("/ping").status_code == 200
+    response = server.post(f"/models/{model}/invoke", **CSV)
+    assert response.status_code == 200, response.text
+
+
 def tree(server: ServeProcess) -> list[psutil.Process]:
     root = psutil.Process(server.proc.pid)
     return [root, *root.children(recursive=True)]

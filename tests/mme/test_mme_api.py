@@ -12,6 +12,7 @@ import pytest
 
 from mme_support import (
     CSV,
+    assert_healthy,
     hostile_tarball,
     load,
     sklearn_model,
@@ -21,6 +22,13 @@ from mme_support import (
     wait_for,
     xgboost_model,
 )
+
+
+@pytest.fixture(scope="module")
+def canary(mme, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A model loaded on the module's server, for the good request after each bad one."""
+    load(mme, "canary", sklearn_model(tmp_path_factory.mktemp("canary")))
+    return "canary"
 
 
 def test_ping_and_list_answer_before_any_model_is_loaded(mme):
@@ -57,7 +65,7 @@ def test_duplicate_load_returns_409(mme, tmp_path):
     response = mme.post("/models", json={"model_name": "dup", "url": str(model)})
     assert response.status_code == 409
     assert response.json()["type"] == "model_already_loaded" and response.json()["model"] == "dup"
-    assert mme.post("/models/dup/invoke", **CSV).status_code == 200
+    assert_healthy(mme, "dup")
 
 
 def test_a_model_still_loading_is_not_listed_and_cannot_be_deleted(mme, tmp_path):
@@ -71,13 +79,15 @@ def test_a_model_still_loading_is_not_listed_and_cannot_be_deleted(mme, tmp_path
         assert deleted.status_code == 404 and "loading" in deleted.json()["error"]
         assert loading.result().status_code == 200
     assert mme.post("/models/slowpoke/invoke", **CSV).json()[0] == "slow"
+    assert_healthy(mme, "slowpoke")
 
 
-def test_missing_artifact_returns_404_and_nothing_is_registered(mme, tmp_path):
+def test_missing_artifact_returns_404_and_nothing_is_registered(mme, canary, tmp_path):
     response = mme.post("/models", json={"model_name": "ghost", "url": str(tmp_path / "nowhere")})
     assert response.status_code == 404
     assert response.json()["type"] == "artifact_not_found"
     assert mme.get("/models/ghost").status_code == 404
+    assert_healthy(mme, canary)
 
 
 @pytest.mark.parametrize(
@@ -98,33 +108,37 @@ def test_unusable_artifact_returns_400_with_a_reason(mme, tmp_path, make_url):
     assert mme.get("/models/broken").status_code == 404
     # A failed load leaves nothing behind: the same name loads fine afterwards.
     load(mme, "broken", sklearn_model(tmp_path / "good"))
+    assert_healthy(mme, "broken")
     assert mme.delete("/models/broken").status_code == 200
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", "..", "bad\x01name", "", "x" * 300, ".hidden", "a..b", "tab\tname"])
-def test_invalid_model_names_are_rejected_with_400_before_touching_a_path(mme, tmp_path, name):
+def test_invalid_model_names_are_rejected_with_400_before_touching_a_path(mme, canary, tmp_path, name):
     model = sklearn_model(tmp_path / "model")
     before = set(os.listdir(mme.run_dir / "models"))
     response = mme.post("/models", json={"model_name": name, "url": str(model)})
     assert response.status_code == 400, response.text
     assert set(os.listdir(mme.run_dir / "models")) == before
     assert not (tmp_path / "escape").exists()
+    assert_healthy(mme, canary)
 
 
-def test_body_without_model_name_or_url_returns_400(mme):
+def test_body_without_model_name_or_url_returns_400(mme, canary):
     assert mme.post("/models", data="not json", headers={"Content-Type": "application/json"}).status_code == 400
     assert mme.post("/models", json={"url": "/tmp"}).status_code == 400
     assert mme.post("/models", json={"model_name": "nourl"}).status_code == 400
+    assert_healthy(mme, canary)
 
 
-def test_unknown_model_gets_404_json_on_get_delete_and_invoke(mme):
+def test_unknown_model_gets_404_json_on_get_delete_and_invoke(mme, canary):
     for response in (mme.get("/models/unknown"), mme.delete("/models/unknown"), mme.post("/models/unknown/invoke", **CSV)):
         assert response.status_code == 404
         assert response.json()["type"] == "model_not_loaded"
         assert response.json()["model"] == "unknown"
+    assert_healthy(mme, canary)
 
 
-def test_delete_unloads_and_later_invokes_get_404(mme, tmp_path):
+def test_delete_unloads_and_later_invokes_get_404(mme, canary, tmp_path):
     load(mme, "gone", sklearn_model(tmp_path / "model"))
     pid = mme.get("/models/gone").json()["pid"]
     response = mme.delete("/models/gone")
@@ -134,6 +148,7 @@ def test_delete_unloads_and_later_invokes_get_404(mme, tmp_path):
     assert mme.post("/models/gone/invoke", **CSV).status_code == 404
     assert all(m["modelName"] != "gone" for m in mme.get("/models").json()["models"])
     assert mme.delete("/models/gone").status_code == 404
+    assert_healthy(mme, canary)
 
 
 def test_invoke_keeps_the_codecs_accept_and_custom_attributes_of_invocations(mme, tmp_path):
@@ -152,6 +167,7 @@ def test_invoke_keeps_the_codecs_accept_and_custom_attributes_of_invocations(mme
     unsupported = mme.post("/models/codecs/invoke", data=b"\x00", headers={"Content-Type": "image/png"})
     assert unsupported.status_code == 415 and unsupported.json()["type"] == "unsupported_content_type"
     assert mme.post("/models/codecs/invoke", data=b"", headers={"Content-Type": "text/csv"}).status_code == 204
+    assert_healthy(mme, "codecs")
 
 
 def test_target_model_header_reaches_the_model_and_the_log(mme, tmp_path):
@@ -200,6 +216,7 @@ def test_list_paginates_across_35_models(mme, tmp_path):
     assert mme.get("/models", params={"limit": 0}).status_code == 400
     bad_token = base64.urlsafe_b64encode(b"\xff\xfe").decode()
     assert mme.get("/models", params={"next_page_token": bad_token}).status_code == 400
+    assert_healthy(mme, "page-00")
     with ThreadPoolExecutor(4) as pool:
         assert all(r.status_code == 200 for r in pool.map(lambda name: mme.delete(f"/models/{name}"), names))
 
@@ -255,7 +272,7 @@ def _device(name: str) -> tarfile.TarInfo:
     ],
     ids=["dotdot", "nested-dotdot", "absolute", "symlink-absolute", "symlink-up", "hardlink-absolute", "device"],
 )
-def test_tar_slip_archives_are_rejected_with_400(mme, tmp_path, member):
+def test_tar_slip_archives_are_rejected_with_400(mme, canary, tmp_path, member):
     archive = hostile_tarball(tmp_path / "model.tar.gz", member)
     cache = Path(mme.env["BYOC_CACHE_DIR"])
     before = set(os.listdir(cache))
@@ -266,6 +283,7 @@ def test_tar_slip_archives_are_rejected_with_400(mme, tmp_path, member):
     assert set(os.listdir(cache)) == before
     assert not (cache.parent / "escaped.txt").exists() and not os.path.exists("/tmp/absolute-escape.txt")
     assert mme.get("/models/slip").status_code == 404
+    assert_healthy(mme, canary)
 
 
 def test_the_management_api_works_on_one_thread_workers(mme_factory, tmp_path):
@@ -279,6 +297,7 @@ def test_the_management_api_works_on_one_thread_workers(mme_factory, tmp_path):
     assert mme.post("/models/one-thread/invoke", **CSV).json() == [1]
     assert mme.post("/models", json={"model_name": "one-thread", "url": str(model)}).status_code == 409
     assert mme.post("/models", data=b"{not json", headers={"Content-Type": "application/json"}).status_code == 400
+    assert_healthy(mme, "one-thread")
     assert mme.delete("/models/one-thread").status_code == 200
     assert mme.get("/models/one-thread").status_code == 404
     assert mme.get("/ping").status_code == 200

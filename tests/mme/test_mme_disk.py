@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mme_support import CSV, load, sklearn_model, tarball
+from mme_support import CSV, assert_healthy, load, sklearn_model, tarball
 
 PADDING = 1_500_000  # incompressible bytes per archive: three extracted copies fit a 5 MiB budget, four do not
 
@@ -54,3 +54,4 @@ def test_disk_budget_evicts_extracted_copies_of_unloaded_models_lru_first(mme_fa
     assert sorted(copies(cache)) == ["b", "c", "d"]
     assert server.get("/models/a").status_code == 404
     assert sorted(os.listdir(tmp_path)) == beside_the_archives  # nothing is ever extracted next to an archive
+    assert_healthy(server, "b")

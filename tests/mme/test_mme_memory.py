@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
-from mme_support import CSV, MIB, http_workers, load, sklearn_model, tree, tree_pss, user_code_model, wait_for
+from mme_support import CSV, MIB, assert_healthy, http_workers, load, sklearn_model, tree, tree_pss, user_code_model, wait_for
 
 BALLAST_MB = 40  # per model in the budget tests: measured ~49 MiB per host, estimated 80 MiB (2 × artifact)
 
@@ -29,7 +29,7 @@ def test_load_that_does_not_fit_gets_507_before_anything_is_loaded(mme_factory, 
     assert "model=big" not in server.log().replace("name=big", "")
     assert tree_pss(server) - pss < 8 * MIB
     assert server.get("/models/big").status_code == 404
-    assert server.post("/models/small/invoke", **CSV).status_code == 200
+    assert_healthy(server, "small")
 
 
 def test_delete_gives_the_memory_back(mme_factory, tmp_path):
@@ -82,9 +82,11 @@ def test_sagemaker_policy_never_evicts_and_answers_507(mme_factory, tmp_path):
     response = server.post("/models", json={"model_name": "third", "url": str(sklearn_model(tmp_path / "third", ballast_mb=BALLAST_MB))})
     assert response.status_code == 507
     assert sorted(m["modelName"] for m in server.get("/models").json()["models"]) == ["keep-a", "keep-b"]
+    assert_healthy(server, "keep-a")
     # SageMaker's answer to a 507: DELETE a model and load again.
     assert server.delete("/models/keep-a").status_code == 200
     load(server, "third", tmp_path / "third")
+    assert_healthy(server, "third")
 
 
 def test_lru_evicts_the_least_recently_used_idle_model_and_never_a_busy_one(mme_factory, tmp_path):
@@ -115,6 +117,7 @@ def test_lru_evicts_the_least_recently_used_idle_model_and_never_a_busy_one(mme_
         request.join(timeout=15)
         assert request.status == 200
     assert loaded(server) == ["a", "d"]
+    assert_healthy(server, "d")
 
 
 def test_lru_refuses_a_model_larger_than_the_whole_budget_without_evicting(mme_factory, tmp_path):
@@ -124,6 +127,7 @@ def test_lru_refuses_a_model_larger_than_the_whole_budget_without_evicting(mme_f
     response = server.post("/models", json={"model_name": "huge", "url": str(huge)})
     assert response.status_code == 507 and "larger than the whole budget" in response.json()["error"]
     assert loaded(server) == ["resident"]
+    assert_healthy(server, "resident")
 
 
 def loaded(server) -> list[str]:

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 
-from mme_support import CSV, http_workers, load, sklearn_model, slow_loading, user_code_model, wait_for
+from mme_support import CSV, assert_healthy, http_workers, load, sklearn_model, slow_loading, user_code_model, wait_for
 
 
 def test_each_model_is_held_by_its_own_process_outside_the_http_workers(mme, tmp_path):
@@ -51,6 +51,7 @@ def test_eight_concurrent_loads_of_one_name_give_one_200_and_seven_409(mme, tmp_
         statuses = sorted(pool.map(post, range(8)))
     assert statuses == [200] + [409] * 7
     assert mme.post("/models/contended/invoke", **CSV).json()[0] == "once"
+    assert_healthy(mme, "contended")
     hosts = [p for p in psutil.Process(mme.proc.pid).children(recursive=True) if p.pid == mme.get("/models/contended").json()["pid"]]
     assert len(hosts) == 1
 
@@ -94,6 +95,8 @@ def test_invoke_racing_unload_gets_a_result_or_404_never_an_error_or_a_hang(mme,
     assert unload.status_code == 200
     assert set(statuses) <= {200, 404}, statuses
     assert 200 in statuses and 404 in statuses
+    load(mme, "racing", tmp_path / "model")  # the name is free again once the unload answered
+    assert_healthy(mme, "racing")
 
 
 def test_killing_the_manager_takes_every_model_host_down_with_it(mme_factory, tmp_path):
@@ -117,3 +120,5 @@ def test_nginx_errors_on_invoke_keep_the_json_envelope(mme_factory, tmp_path):
     assert timed_out.status_code == 504 and timed_out.json()["type"] == "timeout"
     unroutable = server.post(f"/models/{'n' * 200}/invoke", **CSV)  # too long for a socket path: never loadable
     assert unroutable.status_code == 404 and unroutable.json()["type"] == "model_not_loaded"
+    wait_for(lambda: server.get("/models/limits").json()["inFlight"] == 0, timeout=5)  # the timed-out request ends
+    assert_healthy(server, "limits")
