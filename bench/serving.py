@@ -105,10 +105,13 @@ class Server:
     log_path: Path
     proc: subprocess.Popen | None = None
     root_role: str = "supervisor"  # what the started process is called in the CPU figures
+    companions: list["Server"] = field(default_factory=list)  # started before it, stopped after it
     started_at: float = 0.0
     started_wall: float = 0.0
 
     def start(self) -> None:
+        for companion in self.companions:
+            companion.start()
         log = open(self.log_path, "ab")
         self.started_at = time.perf_counter()
         self.started_wall = time.time()
@@ -160,6 +163,8 @@ class Server:
                 pass
         self.proc.wait(timeout=5)
         self.proc = None
+        for companion in self.companions:
+            companion.stop()
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -238,14 +243,16 @@ NGINX_CONSTANT_SERVERS = """\
 %s
   }}""" % CONSTANT_LOCATION
 
-NGINX_PROXY_SERVERS = """\
-  upstream constant {{
-    server unix:{run}/constant.sock;
-    keepalive 64;
-  }}
+NGINX_BACKEND_SERVERS = """\
   server {{
     listen unix:{run}/constant.sock;
 %s
+  }}""" % CONSTANT_LOCATION
+
+NGINX_PROXY_SERVERS = """\
+  upstream constant {{
+    server unix:BACKEND/constant.sock;
+    keepalive 64;
   }}
   server {{
     listen 127.0.0.1:{port};
@@ -255,7 +262,7 @@ NGINX_PROXY_SERVERS = """\
       proxy_http_version 1.1;
       proxy_set_header Connection "";
     }}
-  }}""" % CONSTANT_LOCATION
+  }}"""
 
 
 def nginx_constant_server(work: Path) -> Server:
@@ -264,9 +271,12 @@ def nginx_constant_server(work: Path) -> Server:
 
 
 def nginx_proxy_server(work: Path) -> Server:
-    """The floor with our proxy hop: nginx proxies over a kept-alive unix socket to a constant answer
-    (served by the same nginx), i.e. what any app behind nginx costs at the least."""
-    return _nginx_server(work, "nginx-proxy", NGINX_PROXY_SERVERS)
+    """The floor with our proxy hop: nginx proxies over a kept-alive unix socket to a constant answered
+    by a second nginx process, i.e. what any app in its own process behind nginx costs at the least."""
+    backend = _nginx_server(work, "nginx-backend", NGINX_BACKEND_SERVERS)
+    proxy = _nginx_server(work, "nginx-proxy", NGINX_PROXY_SERVERS.replace("BACKEND", str(work / "run-nginx-backend")))
+    proxy.companions.append(backend)
+    return proxy
 
 
 PYTHON_FLOOR_SERVERS = """\
