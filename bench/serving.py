@@ -132,7 +132,11 @@ class Server:
         raise RuntimeError(f"{self.name} did not answer {path} 200 within {timeout_s} s\n{self.log_tail()}")
 
     def processes(self) -> list[psutil.Process]:
-        """The live (non-zombie) processes of this server's process group."""
+        """The live processes of this server's process group and of its companions'."""
+        return [proc for companion in self.companions for proc in companion.processes()] + self.group()
+
+    def group(self) -> list[psutil.Process]:
+        """The live (non-zombie) processes of this server's own process group."""
         if self.proc is None:
             return []
         found = []
@@ -153,7 +157,7 @@ class Server:
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while time.monotonic() < deadline:
             self.proc.poll()
-            if not self.processes():
+            if not self.group():
                 break
             time.sleep(0.05)
         else:
@@ -251,7 +255,7 @@ NGINX_BACKEND_SERVERS = """\
 
 NGINX_PROXY_SERVERS = """\
   upstream constant {{
-    server unix:BACKEND/constant.sock;
+    server unix:{backend}/constant.sock;
     keepalive 64;
   }}
   server {{
@@ -274,7 +278,7 @@ def nginx_proxy_server(work: Path) -> Server:
     """The floor with our proxy hop: nginx proxies over a kept-alive unix socket to a constant answered
     by a second nginx process, i.e. what any app in its own process behind nginx costs at the least."""
     backend = _nginx_server(work, "nginx-backend", NGINX_BACKEND_SERVERS)
-    proxy = _nginx_server(work, "nginx-proxy", NGINX_PROXY_SERVERS.replace("BACKEND", str(work / "run-nginx-backend")))
+    proxy = _nginx_server(work, "nginx-proxy", NGINX_PROXY_SERVERS, backend=_nginx_run_dir(work, "nginx-backend"))
     proxy.companions.append(backend)
     return proxy
 
@@ -314,12 +318,16 @@ def startup_floor_server(work: Path, model_dir: Path, python: Path) -> Server:
     return Server("startup-floor", port, argv, env, work / f"startup-floor-{port}.log", root_role="startup floor")
 
 
-def _nginx_server(work: Path, name: str, servers: str) -> Server:
+def _nginx_run_dir(work: Path, name: str) -> Path:
+    return work / f"run-{name}"
+
+
+def _nginx_server(work: Path, name: str, servers: str, **fields: Path) -> Server:
     port = free_port()
-    run = work / f"run-{name}"
+    run = _nginx_run_dir(work, name)
     run.mkdir(parents=True, exist_ok=True)
     conf = run / "nginx.conf"
-    conf.write_text(NGINX_FLOOR_CONF.format(run=run, port=port, servers=servers.format(run=run, port=port)))
+    conf.write_text(NGINX_FLOOR_CONF.format(run=run, port=port, servers=servers.format(run=run, port=port, **fields)))
     argv = [shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(conf), "-e", str(run / "error.log")]
     return Server(name, port, argv, dict(os.environ), work / f"{name}.log")
 
