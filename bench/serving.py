@@ -45,6 +45,7 @@ N_FEATURES = 10
 PAYLOAD_ROWS = (1, 100)
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 40.0
+ONE_CPU = 0  # where the one-CPU segment pins wrk and every server process
 
 
 @dataclass(frozen=True)
@@ -353,6 +354,7 @@ class LoadResult:
     socket_errors: int
     cpu_ms_per_request: dict[str, float] = field(default_factory=dict)
     busiest_worker_share: float | None = None  # of all gunicorn-worker CPU; 1/workers when balanced
+    one_cpu: bool = False  # wrk and every process of the stack pinned to ONE_CPU
 
 
 _UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
@@ -402,14 +404,24 @@ def write_post_script(path: Path, body_file: Path) -> Path:
     return path
 
 
-def run_wrk(port: int, path: str, script: Path, connections: int, duration_s: int) -> str:
+def run_wrk(port: int, path: str, script: Path, connections: int, duration_s: int, cpus: set[int] | None = None) -> str:
     threads = min(connections, 2)
     argv = [
         "wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "--timeout", "5s",
         "--latency", "-s", str(script), f"http://127.0.0.1:{port}{path}",
     ]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 30, check=True)
+    pin_wrk = None if cpus is None else functools.partial(os.sched_setaffinity, 0, cpus)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 30, check=True, preexec_fn=pin_wrk)
     return done.stdout
+
+
+def pin(server: Server, cpus: set[int]) -> None:
+    """Restrict every process of ``server`` (its group and its companions') to ``cpus``."""
+    for proc in server.processes():
+        try:
+            proc.cpu_affinity(sorted(cpus))
+        except psutil.Error:
+            continue
 
 
 def cpu_seconds(server: Server) -> dict[tuple[str, int], float]:
@@ -432,12 +444,17 @@ def _role(proc: psutil.Process, server: Server) -> str:
     return "gunicorn master" if proc.ppid() == server.proc.pid else "gunicorn worker"
 
 
-def measure_load(server: Server, path: str, script: Path, rows: int, connections: int, plan: Plan) -> LoadResult:
-    """A warm-up run, then a measured run; CPU used per request by each process role is recorded."""
-    run_wrk(server.port, path, script, connections, plan.warmup_s)
+def measure_load(
+    server: Server, path: str, script: Path, rows: int, connections: int, plan: Plan, cpus: set[int] | None = None
+) -> LoadResult:
+    """A warm-up run, then a measured run; CPU used per request by each process role is recorded.
+    With ``cpus``, wrk runs on those CPUs (pin the server's processes to them first)."""
+    run_wrk(server.port, path, script, connections, plan.warmup_s, cpus)
     before = cpu_seconds(server)
     wrk_before = resource_children_cpu()
-    result = parse_wrk(run_wrk(server.port, path, script, connections, plan.duration_s), server.name, rows, connections)
+    output = run_wrk(server.port, path, script, connections, plan.duration_s, cpus)
+    result = parse_wrk(output, server.name, rows, connections)
+    result.one_cpu = cpus is not None
     after = cpu_seconds(server)
     wrk_cpu = resource_children_cpu() - wrk_before
     if result.requests:
@@ -592,8 +609,8 @@ def measure_startup(work: Path, model_dir: Path, makers: dict[str, Callable[[Pat
 
 def ratios(loads: list[LoadResult], costs: list[InProcessCost], startup: list[Startup]) -> dict:
     """The figures the issue sets targets for, from results measured in this run."""
-    def load(stack: str, rows: int, c: int) -> LoadResult | None:
-        return next((r for r in loads if (r.stack, r.rows, r.connections) == (stack, rows, c)), None)
+    def load(stack: str, rows: int, c: int, one_cpu: bool = False) -> LoadResult | None:
+        return next((r for r in loads if (r.stack, r.rows, r.connections, r.one_cpu) == (stack, rows, c, one_cpu)), None)
 
     def cost(stack: str, rows: int) -> InProcessCost | None:
         return next((x for x in costs if (x.stack, x.rows) == (stack, rows)), None)
@@ -626,6 +643,14 @@ def ratios(loads: list[LoadResult], costs: list[InProcessCost], startup: list[St
             entry["ours_p50_c1_over_python_floor"] = round(ours1.p50_ms / python1.p50_ms, 2)
         if ref1 and ref_cost:
             entry["reference_p50_c1_over_inprocess"] = round(ref1.p50_ms / ref_cost.median_ms, 1)
+        ours_one, floor_one = load("ours", rows, 1, one_cpu=True), load("nginx-constant", rows, 1, one_cpu=True)
+        if ours_one and floor_one and ours_cost:
+            # Not a target: the issue's ratio with no wake-up crossing between CPUs, for ours and the python floor.
+            bound = floor_one.p50_ms + ours_cost.median_ms
+            entry["one_cpu_ours_p50_c1_over_floor_plus_inprocess"] = round(ours_one.p50_ms / bound, 2)
+            python_one = load("python-floor", rows, 1, one_cpu=True)
+            if python_one:
+                entry["one_cpu_python_floor_p50_c1_over_floor_plus_inprocess"] = round(python_one.p50_ms / bound, 2)
         out[f"{rows}-row"] = entry
     for start in startup:
         out[f"{start.stack}_start_to_ping_median_s"] = round(statistics.median(start.seconds), 3)
@@ -644,6 +669,15 @@ TARGETS = {
 }
 
 
+def print_load(result: LoadResult) -> None:
+    where = " one CPU" if result.one_cpu else ""
+    print(
+        f"  {result.stack:<15} {result.rows:>3}-row c={result.connections:<3}{where} {result.req_per_s:>9.0f} req/s "
+        f"p50 {result.p50_ms:.2f} ms p99 {result.p99_ms:.2f} ms",
+        flush=True,
+    )
+
+
 def print_report(loads: list[LoadResult], costs: list[InProcessCost], summary: dict) -> None:
     print()
     print(
@@ -655,7 +689,7 @@ def print_report(loads: list[LoadResult], costs: list[InProcessCost], summary: d
         share = "" if r.busiest_worker_share is None else f"{r.busiest_worker_share:.2f}"
         print(
             f"{r.stack:<15} {f'{r.rows}-row':>8} {r.connections:>5} {r.req_per_s:>9.0f} {r.p50_ms:>8.2f} "
-            f"{r.p99_ms:>8.2f} {r.non_2xx + r.socket_errors:>6} {share:>7}  {cpu}"
+            f"{r.p99_ms:>8.2f} {r.non_2xx + r.socket_errors:>6} {share:>7}  {cpu}" + ("  (one CPU)" if r.one_cpu else "")
         )
     print()
     print(f"in-process cost (ms per call: lowest of {ROUNDS} round medians; the round medians; parts)")
@@ -760,13 +794,14 @@ def main(argv: list[str] | None = None) -> int:
                 for name, server in servers.items():
                     if name == "python-floor" and connections != 1:
                         continue  # one process: a floor for latency, not for throughput
-                    result = measure_load(server, "/invocations", scripts[rows], rows, connections, plan)
-                    loads.append(result)
-                    print(
-                        f"  {name:<15} {rows:>3}-row c={connections:<3} {result.req_per_s:>9.0f} req/s "
-                        f"p50 {result.p50_ms:.2f} ms p99 {result.p99_ms:.2f} ms",
-                        flush=True,
-                    )
+                    loads.append(measure_load(server, "/invocations", scripts[rows], rows, connections, plan))
+                    print_load(loads[-1])
+        # Last, as it leaves the servers pinned: 1 connection with wrk and every server on one CPU, so
+        # no request waits for a sleeping CPU to be woken (what the run above pays on every hop).
+        for name, server in servers.items():
+            pin(server, {ONE_CPU})
+            loads.append(measure_load(server, "/invocations", scripts[1], 1, 1, plan, cpus={ONE_CPU}))
+            print_load(loads[-1])
     finally:
         for server in servers.values():
             server.stop()
