@@ -14,6 +14,8 @@ from byoc_serve.errors import InsufficientMemory
 from model_handlers.base import Handler, artifact_bytes
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+OVERCOMMIT_MODE = Path("/proc/sys/vm/overcommit_memory")
+STRICT_OVERCOMMIT = "2"
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,18 @@ def plan_admission(budget: MemoryBudget, need: int, residents: list[Resident], c
             return victims
     busy = sum(1 for r in residents if r.busy)
     raise InsufficientMemory(f"{shortfall}; evicting every idle model would not make room ({busy} busy)")
+
+
+def refusals_track_free_memory(mode_file: Path = OVERCOMMIT_MODE) -> bool:
+    """Whether the kernel refuses an allocation because memory is in use (strict overcommit, mode 2).
+
+    Otherwise (Linux's default heuristic, and "always") an allocation is refused only when it alone is
+    larger than the machine could ever give, and memory running out kills the process instead.
+    """
+    try:
+        return mode_file.read_text().strip() == STRICT_OVERCOMMIT
+    except OSError:
+        return False
 
 
 def _mib(value: int) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import os
+import random
+import struct
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +24,9 @@ from mme_support import (
     wait_for,
     xgboost_model,
 )
+
+# Protocol 4, then a FRAME opcode whose length field claims 1 TiB: the unpickler asks for it at once.
+HUGE_FRAME_PICKLE = b"\x80\x04\x95" + struct.pack("<Q", 1 << 40) + b"K\x01."
 
 
 @pytest.fixture(scope="module")
@@ -94,12 +99,13 @@ def test_missing_artifact_returns_404_and_nothing_is_registered(mme, canary, tmp
     "make_url",
     [
         lambda tmp: str(tmp),  # an empty directory
-        lambda tmp: (tmp / "model.joblib").write_bytes(os.urandom(512)) and str(tmp),  # not a model
+        lambda tmp: (tmp / "model.joblib").write_bytes(random.Random(2).randbytes(512)) and str(tmp),  # not a model
+        lambda tmp: (tmp / "model.pkl").write_bytes(HUGE_FRAME_PICKLE) and str(tmp),  # unpickling raises MemoryError
         lambda tmp: "relative/path",
         lambda tmp: (tmp / "notes.txt").write_text("hi") and str(tmp / "notes.txt"),  # a file, not an archive
         lambda tmp: (tmp / "model.tar.gz").write_bytes(b"not gzip") and str(tmp / "model.tar.gz"),
     ],
-    ids=["empty-dir", "garbage-model", "relative", "plain-file", "corrupt-archive"],
+    ids=["empty-dir", "garbage-model", "huge-length-field", "relative", "plain-file", "corrupt-archive"],
 )
 def test_unusable_artifact_returns_400_with_a_reason(mme, tmp_path, make_url):
     response = mme.post("/models", json={"model_name": "broken", "url": make_url(tmp_path)})

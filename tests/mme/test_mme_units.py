@@ -28,7 +28,7 @@ from byoc_serve.config import MIB, Settings
 from byoc_serve.errors import BadRequest, InsufficientMemory
 from byoc_serve.memory import MemoryBudget, Resident, container_memory_limit, plan_admission
 from byoc_serve.mme.activity import Activity
-from byoc_serve.mme.host import fetch_artifact
+from byoc_serve.mme.host import as_load_failure, fetch_artifact
 from byoc_serve.mme.names import max_name_length, validate_model_name
 from byoc_serve.mme.registry import ModelRecord, Registry
 
@@ -96,6 +96,14 @@ def test_budget_falls_back_to_cgroup_v1_then_host_memory(tmp_path):
 def test_budget_setting_overrides_detection(tmp_path):
     write_cgroups(tmp_path, v2=str(2048 * MIB))
     assert MemoryBudget.detect(Settings(memory_budget_bytes=300 * MIB), tmp_path) == MemoryBudget(300 * MIB, "BYOC_MEMORY_BUDGET_MB")
+
+
+@pytest.mark.parametrize("mode, status", [("0", 400), ("1", 400), ("2", 507)])
+def test_a_memory_error_while_loading_is_a_507_only_when_the_kernel_refuses_for_lack_of_free_memory(tmp_path, mode, status):
+    (tmp_path / "overcommit_memory").write_text(mode + "\n")
+    failure = as_load_failure(MemoryError(), tmp_path / "overcommit_memory")
+    assert failure.status == status
+    assert ("corrupt" in failure.message) == (status == 400)
 
 
 def test_model_names_accept_opaque_hashes_and_refuse_paths(tmp_path):

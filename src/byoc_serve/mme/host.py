@@ -34,7 +34,7 @@ from byoc_serve.archives import (
 from byoc_serve.config import Settings
 from byoc_serve.errors import BadRequest, InsufficientMemory, ServingError
 from byoc_serve.flask_app import install_error_handlers
-from byoc_serve.memory import estimate_bytes
+from byoc_serve.memory import OVERCOMMIT_MODE, estimate_bytes, refusals_track_free_memory
 from byoc_serve.mme import protocol
 from byoc_serve.mme.activity import Activity
 from byoc_serve.mme.host_server import HostServer
@@ -145,13 +145,24 @@ def fetch_artifact(source: ArtifactSource, link: ManagerLink, s3_client: Any = N
     return copy
 
 
-def as_load_failure(exc: BaseException) -> ServingError:
-    """The status a failed load answers with: the artifact's fault is a 400, lack of memory a 507."""
+def as_load_failure(exc: BaseException, overcommit_mode: Path = OVERCOMMIT_MODE) -> ServingError:
+    """The status a failed load answers with: the artifact's fault is a 400, lack of memory a 507.
+
+    A ``MemoryError`` is the artifact's fault unless the kernel refuses allocations for lack of free
+    memory: otherwise one allocation asked for more than the machine has, which a corrupt pickle does
+    when a length field is garbage, and unloading other models would not help.
+    """
     if isinstance(exc, ServingError):
         return exc
-    if isinstance(exc, MemoryError):
-        return InsufficientMemory("the model ran out of memory while loading")
     phase = getattr(exc, "phase", "load")
+    if isinstance(exc, MemoryError):
+        if refusals_track_free_memory(overcommit_mode):
+            return InsufficientMemory("the model ran out of memory while loading")
+        return BadRequest(
+            f"the model could not be loaded (phase {phase}): it asked for more memory at once than this "
+            "machine has (MemoryError); the artifact is probably corrupt or truncated",
+            kind="unusable_artifact",
+        )
     return BadRequest(f"the model could not be loaded (phase {phase}): {type(exc).__name__}: {exc}", kind="unusable_artifact")
 
 
