@@ -72,6 +72,13 @@ class InferenceError(ServingError):
         super().__init__(message, status=int(status_code), kind=phrase or "user_error")
 
 
+def describe_load_failure(exc: BaseException) -> str:
+    """``Type: message`` for a model that failed to load; a bare ``MemoryError`` gets its usual cause."""
+    if isinstance(exc, MemoryError) and not str(exc):
+        return "MemoryError: one allocation was refused; a corrupt or truncated pickle asks for terabytes this way"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def envelope(message: str, status: int, kind: str, model: str | None = None, request_id: str | None = None) -> dict[str, Any]:
     """The JSON error body used by the app, the model hosts and (via nginx.conf) nginx itself."""
     return {"error": message, "code": status, "type": kind, "model": model, "request_id": request_id}

@@ -21,6 +21,7 @@ from gunicorn.app.base import BaseApplication
 from byoc_serve import readiness, requirements
 from byoc_serve.app import ModelSlot, WSGIApp, create_app
 from byoc_serve.config import Settings, load_settings
+from byoc_serve.errors import describe_load_failure
 from byoc_serve.logs import configure_logging
 from byoc_serve.servable import Servable, choose_handler
 from model_handlers.base import Handler
@@ -155,8 +156,9 @@ def main() -> None:
             application = build_single_model(settings)
     except Exception as exc:
         phase = getattr(exc, "phase", "load")
-        log.critical("FATAL start-up failed in phase=%s: %s: %s", phase, type(exc).__name__, exc, exc_info=True)
-        readiness.mark_not_ready(settings.run_dir, f"start-up failed in phase={phase}: {type(exc).__name__}: {exc}")
+        reason = f"start-up failed in phase={phase}: {describe_load_failure(exc)}"
+        log.critical("FATAL %s", reason, exc_info=True)
+        readiness.mark_not_ready(settings.run_dir, reason)
         sys.exit(EXIT_LOAD_FAILED)
     application.run()
 

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import signal
+import struct
 import sys
 import tempfile
 import threading
@@ -102,6 +103,20 @@ def test_missing_model_is_fatal_and_names_the_phase(tmp_path):
         # serve's own last FATAL line repeats why, so a short log tail (docker logs, byoc smoke) shows it.
         fatal = [line for line in server.log().splitlines() if "FATAL gunicorn exited unexpectedly" in line]
         assert fatal and "start-up failed in phase=artifacts" in fatal[-1] and "is empty" in fatal[-1], server.log()
+    finally:
+        server.stop()
+
+
+def test_corrupt_pickle_is_fatal_in_phase_load_with_a_reason(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    # Protocol 4, then a FRAME whose length field claims 1 TiB: unpickling raises a bare MemoryError.
+    (model / "model.pkl").write_bytes(b"\x80\x04\x95" + struct.pack("<Q", 1 << 40) + b"K\x01.")
+    server = ServeProcess(model).start(wait_ready=False)
+    try:
+        assert server.proc.wait(30) != 0
+        fatal = [line for line in server.log().splitlines() if "FATAL gunicorn exited unexpectedly" in line]
+        assert fatal and "phase=load: MemoryError: one allocation was refused" in fatal[-1], server.log()
     finally:
         server.stop()
 

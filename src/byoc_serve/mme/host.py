@@ -32,7 +32,7 @@ from byoc_serve.archives import (
     s3_object_size,
 )
 from byoc_serve.config import Settings
-from byoc_serve.errors import BadRequest, InsufficientMemory, ServingError
+from byoc_serve.errors import BadRequest, InsufficientMemory, ServingError, describe_load_failure
 from byoc_serve.flask_app import install_error_handlers
 from byoc_serve.memory import OVERCOMMIT_MODE, estimate_bytes, refusals_track_free_memory
 from byoc_serve.mme import protocol
@@ -155,15 +155,9 @@ def as_load_failure(exc: BaseException, overcommit_mode: Path = OVERCOMMIT_MODE)
     if isinstance(exc, ServingError):
         return exc
     phase = getattr(exc, "phase", "load")
-    if isinstance(exc, MemoryError):
-        if refusals_track_free_memory(overcommit_mode):
-            return InsufficientMemory("the model ran out of memory while loading")
-        return BadRequest(
-            f"the model could not be loaded (phase {phase}): it asked for more memory at once than this "
-            "machine has (MemoryError); the artifact is probably corrupt or truncated",
-            kind="unusable_artifact",
-        )
-    return BadRequest(f"the model could not be loaded (phase {phase}): {type(exc).__name__}: {exc}", kind="unusable_artifact")
+    if isinstance(exc, MemoryError) and refusals_track_free_memory(overcommit_mode):
+        return InsufficientMemory("the model ran out of memory while loading")
+    return BadRequest(f"the model could not be loaded (phase {phase}): {describe_load_failure(exc)}", kind="unusable_artifact")
 
 
 class CountedBody:
