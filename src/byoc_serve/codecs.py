@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import csv
 import io
+import zipfile
 from typing import Any, Callable
 
 import numpy as np
 import orjson
 
-from byoc_serve.errors import BadRequest, ModelFailure, NotAcceptable, UnsupportedContentType
+from byoc_serve.errors import BadRequest, ModelFailure, NotAcceptable, PayloadTooLarge, UnsupportedContentType
 
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 _NUMERIC_KINDS = "biuf"
 # Bytes a plain numeric CSV is made of; anything else (quotes, letters, nan) takes the exact path.
 _NUMERIC_CSV_BYTES = b"0123456789.,eE+- \t\r\n"
+# What the arrays of one .npz body may expand to: deflate turns 6 MB of zeros into 6 GB.
+MAX_NPZ_EXPANDED_BYTES = 256 * 1024 * 1024
 _ALIASES = {
     "application/x-jsonlines": "application/jsonlines",
     "application/json-lines": "application/jsonlines",
@@ -144,16 +147,32 @@ def _decode_npy(body: bytes) -> np.ndarray:
 
 
 def _decode_npz(body: bytes) -> Any:
-    """One array -> that array; several -> dict name -> array; a scipy.sparse .npz -> sparse matrix."""
+    """One array -> that array; several -> dict name -> array; a scipy.sparse .npz -> sparse matrix.
+
+    413 before anything is inflated when the members' declared sizes exceed MAX_NPZ_EXPANDED_BYTES
+    (zipfile never inflates a member past its declared size).
+    """
+    if body.startswith(np.lib.format.MAGIC_PREFIX):  # a plain .npy body sent as npz: still unambiguous
+        return _decode_npy(body)
     try:
-        archive = np.load(io.BytesIO(body), allow_pickle=False)
-        if isinstance(archive, np.ndarray):  # a plain .npy body sent as npz: still unambiguous
-            return archive
-        with archive:
-            if {"format", "shape", "data"} <= set(archive.files):
+        with zipfile.ZipFile(io.BytesIO(body)) as archive:
+            members = archive.infolist()
+            expanded = sum(info.file_size for info in members)
+            if expanded > MAX_NPZ_EXPANDED_BYTES:
+                raise PayloadTooLarge(
+                    f".npz archive expands to {expanded} bytes; at most {MAX_NPZ_EXPANDED_BYTES} bytes of "
+                    "arrays are decoded from one request"
+                )
+            names = [info.filename.removesuffix(".npy") for info in members]
+            if {"format", "shape", "data"} <= set(names):
                 arrays = None
             else:
-                arrays = {name: archive[name] for name in archive.files}
+                arrays = {
+                    name: np.lib.format.read_array(archive.open(info), allow_pickle=False)
+                    for name, info in zip(names, members)
+                }
+    except PayloadTooLarge:
+        raise
     except Exception as exc:  # zipfile, numpy and OS errors for foreign or truncated data
         raise BadRequest(f"body is not a valid .npz archive: {exc}") from None
     if arrays is None:

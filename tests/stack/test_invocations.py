@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import zipfile
 
 import joblib
 import numpy as np
@@ -11,6 +12,8 @@ import orjson
 import pytest
 
 from harness import ServeProcess, train_sklearn_classifier
+
+from byoc_serve.codecs import MAX_NPZ_EXPANDED_BYTES
 
 ROWS = [[0.5, 1.0, -0.3, 2.0], [-1.0, -2.0, 0.1, 0.0], [2.0, 0.3, 0.0, -1.0]]
 GOOD = {"data": "1,2,3,4", "headers": {"Content-Type": "text/csv"}}
@@ -148,6 +151,22 @@ def test_oversize_body_is_413_json_from_nginx(server):
     assert response.status_code == 413
     assert response.headers["Content-Type"].startswith("application/json")
     assert response.json()["type"] == "payload_too_large"
+    server.assert_healthy(GOOD)
+
+
+def test_npz_that_inflates_past_the_limit_is_413_json(server):
+    # A deflated .npz of zeros: ~0.3 MB on the wire, 1 MiB over the limit once inflated.
+    values = (MAX_NPZ_EXPANDED_BYTES + (1 << 20)) // 8
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive, archive.open("x.npy", "w", force_zip64=True) as member:
+        np.lib.format.write_array_header_1_0(member, {"descr": "<f8", "fortran_order": False, "shape": (values,)})
+        chunk = bytes(1 << 20)
+        for _ in range(values * 8 // len(chunk)):
+            member.write(chunk)
+    assert len(buffer.getvalue()) < 1 << 20
+    response = post(server, buffer.getvalue(), "application/x-npz")
+    assert response.status_code == 413, response.text
+    assert response.json()["type"] == "payload_too_large" and "expands to" in response.json()["error"]
     server.assert_healthy(GOOD)
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import orjson
 import pytest
 
+from byoc_serve import codecs
 from byoc_serve.codecs import (
     DECODABLE,
     ENCODABLE,
@@ -21,7 +22,7 @@ from byoc_serve.codecs import (
     parse_media_type,
     to_jsonable,
 )
-from byoc_serve.errors import BadRequest, ModelFailure, NotAcceptable, UnsupportedContentType
+from byoc_serve.errors import BadRequest, ModelFailure, NotAcceptable, PayloadTooLarge, UnsupportedContentType
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -140,6 +141,18 @@ def test_npy_with_pickled_objects_is_400_not_unpickled():
     with pytest.raises(BadRequest) as caught:
         decode(body, "application/x-npy")
     assert "pickle" in caught.value.message
+
+
+def test_npz_expanding_past_the_limit_is_413_before_it_is_inflated(monkeypatch):
+    zeros = np.zeros(1000)  # 8,000 bytes of array, ~50 bytes deflated
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, zeros)
+    monkeypatch.setattr(codecs, "MAX_NPZ_EXPANDED_BYTES", 8000)  # the member is 8,128 bytes with its .npy header
+    with pytest.raises(PayloadTooLarge) as caught:
+        decode(buffer.getvalue(), "application/x-npz")
+    assert "expands to 8128 bytes" in caught.value.message and caught.value.status == 413
+    monkeypatch.setattr(codecs, "MAX_NPZ_EXPANDED_BYTES", 8128)
+    assert np.array_equal(decode(buffer.getvalue(), "application/x-npz"), zeros)
 
 
 def test_empty_npz_is_400():
