@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -9,6 +10,10 @@ from typing import Any, ClassVar
 from byoc_serve import codecs
 from byoc_serve.config import Settings
 from byoc_serve.errors import BadRequest
+
+MAX_REASON_CHARS = 300
+# XGBoost's messages open with "[03:25:47] /workspace/src/<file>.h:499: ", then the reason.
+_NATIVE_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
 
 
 @dataclass
@@ -105,6 +110,19 @@ class Handler:
     def estimate_bytes(self, model_dir: Path) -> int:
         """Admission estimate: artifact bytes times the handler's factor."""
         return int(artifact_bytes(model_dir) * self.memory_factor)
+
+
+def rejected_input(framework: str, exc: ValueError) -> BadRequest:
+    """A 400 carrying the framework's own complaint about a request's data (its first line).
+
+    For handlers whose predict runs only framework code: the warm-up prediction showed the model
+    works on well-formed input, so a ValueError there is the request's fault.
+    """
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    reason = _NATIVE_PREFIX.sub("", lines[0]).rstrip(":")  # sklearn's first line may end "instead:"
+    if len(reason) > MAX_REASON_CHARS:
+        reason = reason[: MAX_REASON_CHARS - 3] + "..."
+    return BadRequest(f"{framework} rejected the input: {reason}")
 
 
 def match_named_inputs(specs: tuple[Any, ...], data: Any) -> list[tuple[Any, Any]]:

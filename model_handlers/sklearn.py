@@ -8,7 +8,7 @@ from typing import Any
 
 from byoc_serve.config import PREDICT_METHODS
 from byoc_serve.errors import BadRequest
-from model_handlers.base import Context, Handler, find_artifact
+from model_handlers.base import Context, Handler, find_artifact, rejected_input
 
 ARTIFACT_NAMES = ("model.joblib", "model.pkl", "model.pickle", "model.sav")
 ARTIFACT_SUFFIXES = (".joblib", ".pkl", ".pickle")
@@ -42,10 +42,15 @@ class SklearnHandler(Handler):
     def predict(self, model: Any, data: Any, context: Context) -> Any:
         method = predict_method(context)
         if method == "predict" and hasattr(model, "inplace_predict") and not hasattr(model, "predict_proba"):
-            return model.inplace_predict(data)  # a pickled xgboost Booster: no DMatrix needed for arrays
-        if not hasattr(model, method):
+            predict = model.inplace_predict  # a pickled xgboost Booster: no DMatrix needed for arrays
+        elif hasattr(model, method):
+            predict = getattr(model, method)
+        else:
             raise BadRequest(f"this model has no {method}(); choose one of {available_methods(model)}")
-        return getattr(model, method)(data)
+        try:
+            return predict(data)
+        except ValueError as exc:
+            raise rejected_input("scikit-learn", exc) from exc
 
 
     def warmup_input(self, model: Any) -> Any | None:

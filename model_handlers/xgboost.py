@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from byoc_serve.errors import BadRequest
-from model_handlers.base import Context, Handler, find_artifact
+from model_handlers.base import Context, Handler, find_artifact, rejected_input
 from model_handlers.sklearn import predict_method, zeros_row
 
 # "xgboost-model" is the SageMaker built-in algorithm's artifact name (binary or pickle).
@@ -49,15 +49,18 @@ class XGBoostHandler(Handler):
 
     def predict(self, model: Any, data: Any, context: Context) -> Any:
         method = predict_method(context)
-        if hasattr(model, "get_booster"):  # the sklearn wrapper (XGBClassifier, XGBRegressor, ...)
-            if not hasattr(model, method):
-                raise BadRequest(f"this model has no {method}()")
-            return getattr(model, method)(data)
-        if _is_sparse(data):
-            import xgboost
+        try:
+            if hasattr(model, "get_booster"):  # the sklearn wrapper (XGBClassifier, XGBRegressor, ...)
+                if not hasattr(model, method):
+                    raise BadRequest(f"this model has no {method}()")
+                return getattr(model, method)(data)
+            if _is_sparse(data):
+                import xgboost
 
-            return model.predict(xgboost.DMatrix(data))
-        return model.inplace_predict(data)
+                return model.predict(xgboost.DMatrix(data))
+            return model.inplace_predict(data)
+        except ValueError as exc:  # XGBoostError is one
+            raise rejected_input("XGBoost", exc) from exc
 
 
     def warmup_input(self, model: Any) -> Any | None:

@@ -130,12 +130,24 @@ def test_malformed_body_is_400_json(server, body, content_type):
     server.assert_healthy(GOOD)
 
 
-def test_wrong_feature_count_is_a_json_error_without_traceback(server):
-    response = post(server, "1,2", "text/csv")
-    assert response.status_code == 500
-    assert "Traceback" not in response.text
-    request_id = response.json()["request_id"]
-    assert request_id and request_id in server.log()  # the traceback is in the log under that id
+@pytest.mark.parametrize(
+    "body, content_type, reason",
+    [
+        ("1,2", "text/csv", "X has 2 features, but LogisticRegression is expecting 4 features"),
+        ("nan,1,2,3", "text/csv", "Input X contains NaN"),
+        ("a,b,c,d", "text/csv", "could not convert string to float: 'a'"),
+        (b'"hello"', "application/json", "Expected 2D array, got scalar array instead"),
+        (npy(np.ones((1, 4, 2))), "application/x-npy", "Found array with dim 3"),
+        (npy(np.ones((0, 4))), "application/x-npy", "Found array with 0 sample(s)"),
+    ],
+    ids=["feature-count", "nan", "strings", "scalar", "3-d", "no-rows"],
+)
+def test_input_the_model_rejects_is_400_with_scikit_learns_reason(server, body, content_type, reason):
+    response = post(server, body, content_type)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error.startswith("scikit-learn rejected the input: ") and reason in error, error
+    assert "\n" not in error and "Traceback" not in response.text
     server.assert_healthy(GOOD)
 
 

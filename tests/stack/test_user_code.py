@@ -98,7 +98,8 @@ def test_unmodified_toolkit_inference_script(serve_factory, tmp_path):
     refused = server.post("/invocations", data="1,2,3,4", headers={"Content-Type": "text/csv"})
     assert refused.status_code == 500 and refused.json()["type"] == "model_error", refused.text
     assert "unsupported content type" not in refused.text and "Traceback" not in refused.text
-    assert "unsupported content type text/csv" in server.log()
+    # The traceback is in the log, under the request id the body names.
+    assert "unsupported content type text/csv" in server.log() and refused.json()["request_id"] in server.log()
     assert server.get("/ping").status_code == 200
     assert np.allclose(post_features().json()["probabilities"], model.predict_proba(np.array(ROWS)))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 import subprocess
 import sys
@@ -13,6 +14,12 @@ import xgboost
 
 ROWS = np.array([[0.9, 0.1, 0.2, 0.3], [0.1, 0.8, 0.5, 0.5], [0.7, 0.3, 0.9, 0.1]])
 LEGACY_XGBOOST = Path(sys.executable).parents[1] / "xgboost-legacy"
+
+
+def npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
 
 
 def training_data():
@@ -79,3 +86,20 @@ def test_pickled_sklearn_wrapper_with_predict_proba(serve_factory, tmp_path):
     response = server.post("/invocations", json=ROWS.tolist())
     assert response.status_code == 200, response.text
     assert np.allclose(response.json(), model.predict_proba(ROWS), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "body, reason",
+    [("0.1,0.2", "Feature shape mismatch, expected: 4, got 2"), (npy(np.ones((1, 4, 2))), "Only 2 dimensional array is valid")],
+    ids=["feature-count", "3-d"],
+)
+def test_input_the_booster_rejects_is_400_with_xgboosts_reason(serve_factory, booster, tmp_path, body, reason):
+    server = serve_factory(save(booster, tmp_path, "json"), {"BYOC_WORKERS": "1"})
+    content_type = "text/csv" if isinstance(body, str) else "application/x-npy"
+    response = server.post("/invocations", data=body, headers={"Content-Type": content_type})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error.startswith("XGBoost rejected the input: ") and reason in error, error
+    assert "Stack trace" not in error and "/workspace/" not in error  # native frames and paths stay out
+    good = server.post("/invocations", data="0.9,0.1,0.2,0.3", headers={"Content-Type": "text/csv"})
+    assert good.status_code == 200 and server.get("/ping").status_code == 200
