@@ -29,15 +29,10 @@ class SklearnHandler(Handler):
         path = find_artifact(model_dir, ARTIFACT_NAMES, ARTIFACT_SUFFIXES)
         if path is None:
             raise BadRequest(f"no {' / '.join(ARTIFACT_NAMES)} in {model_dir}")
-        import joblib
-
-        if path.suffix == ".joblib":
-            return joblib.load(path)
-        try:
-            with path.open("rb") as f:
-                return pickle.load(f)
-        except pickle.UnpicklingError:
-            return joblib.load(path)  # joblib.dump writes arrays outside the pickle stream, and is often used for .pkl
+        model = _unpickle(path)
+        if not any(hasattr(model, method) for method in (*PREDICT_METHODS, "inplace_predict")):
+            raise BadRequest(f"{path.name} holds a {type(model).__name__}, not a model: it has none of {', '.join(PREDICT_METHODS)}")
+        return model
 
     def predict(self, model: Any, data: Any, context: Context) -> Any:
         method = predict_method(context)
@@ -55,6 +50,18 @@ class SklearnHandler(Handler):
 
     def warmup_input(self, model: Any) -> Any | None:
         return zeros_row(getattr(model, "n_features_in_", None))
+
+
+def _unpickle(path: Path) -> Any:
+    import joblib
+
+    if path.suffix == ".joblib":
+        return joblib.load(path)
+    try:
+        with path.open("rb") as f:
+            return pickle.load(f)
+    except pickle.UnpicklingError:
+        return joblib.load(path)  # joblib.dump writes arrays outside the pickle stream, and is often used for .pkl
 
 
 def zeros_row(n_features: Any) -> Any | None:

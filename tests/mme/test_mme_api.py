@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import pickle
 import random
 import struct
 import tarfile
@@ -101,11 +102,12 @@ def test_missing_artifact_returns_404_and_nothing_is_registered(mme, canary, tmp
         lambda tmp: str(tmp),  # an empty directory
         lambda tmp: (tmp / "model.joblib").write_bytes(random.Random(2).randbytes(512)) and str(tmp),  # not a model
         lambda tmp: (tmp / "model.pkl").write_bytes(HUGE_FRAME_PICKLE) and str(tmp),  # unpickling raises MemoryError
+        lambda tmp: (tmp / "model.joblib").write_bytes(pickle.dumps({"weights": [1, 2]})) and str(tmp),  # data, no model
         lambda tmp: "relative/path",
         lambda tmp: (tmp / "notes.txt").write_text("hi") and str(tmp / "notes.txt"),  # a file, not an archive
         lambda tmp: (tmp / "model.tar.gz").write_bytes(b"not gzip") and str(tmp / "model.tar.gz"),
     ],
-    ids=["empty-dir", "garbage-model", "huge-length-field", "relative", "plain-file", "corrupt-archive"],
+    ids=["empty-dir", "garbage-model", "huge-length-field", "not-a-model", "relative", "plain-file", "corrupt-archive"],
 )
 def test_unusable_artifact_returns_400_with_a_reason(mme, tmp_path, make_url):
     response = mme.post("/models", json={"model_name": "broken", "url": make_url(tmp_path)})
