@@ -12,6 +12,8 @@ from model_handlers.base import Context, Handler, find_artifact, rejected_input
 
 ARTIFACT_NAMES = ("model.joblib", "model.pkl", "model.pickle", "model.sav")
 ARTIFACT_SUFFIXES = (".joblib", ".pkl", ".pickle")
+# Pickles this handler serves come from these libraries too (XGBoost's and LightGBM's sklearn API).
+FRAMEWORK_NAMES = {"sklearn": "scikit-learn", "xgboost": "XGBoost", "lightgbm": "LightGBM"}
 
 
 class SklearnHandler(Handler):
@@ -45,7 +47,7 @@ class SklearnHandler(Handler):
         try:
             return predict(data)
         except ValueError as exc:
-            raise rejected_input("scikit-learn", exc) from exc
+            raise rejected_input(framework_of(model), exc) from exc
 
 
     def warmup_input(self, model: Any) -> Any | None:
@@ -62,6 +64,12 @@ def _unpickle(path: Path) -> Any:
             return pickle.load(f)
     except pickle.UnpicklingError:
         return joblib.load(path)  # joblib.dump writes arrays outside the pickle stream, and is often used for .pkl
+
+
+def framework_of(model: Any) -> str:
+    """The library a pickled model's class comes from, by its usual name."""
+    package = type(model).__module__.partition(".")[0]
+    return FRAMEWORK_NAMES.get(package, package)
 
 
 def zeros_row(n_features: Any) -> Any | None:
