@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import socket
 import zipfile
 
 import joblib
@@ -182,10 +183,43 @@ def test_npz_that_inflates_past_the_limit_is_413_json(server):
     server.assert_healthy(GOOD)
 
 
-def test_unknown_route_is_json_404(server):
-    response = server.get("/admin")
+@pytest.mark.parametrize("path", ["/admin", "/ping.json", "/_errors/bad_request"], ids=["unknown", "internal", "error-page"])
+def test_unknown_route_is_json_404(server, path):
+    response = server.get(path)
     assert response.status_code == 404
-    assert response.json()["code"] == 404
+    assert response.json()["code"] == 404 and path in response.json()["error"]
+    server.assert_healthy(GOOD)
+
+
+def raw_exchange(server, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes no HTTP client would, read the answer to the end (nginx closes after an error)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+        conn.sendall(request)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in header_lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize(
+    "request_bytes, status",
+    [
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(50), 400),  # a TLS hello on the plain port
+        (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400),
+        (b"POST /invocations HTTP/1.1\r\nHost: x\r\nX-Amzn-SageMaker-Custom-Attributes: " + b"a" * 20000 + b"\r\n\r\n", 400),
+        (b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    ],
+    ids=["not-http", "bad-content-length", "header-too-large", "uri-too-long"],
+)
+def test_requests_nginx_cannot_read_get_json_not_html(server, request_bytes, status):
+    got, headers, body = raw_exchange(server, request_bytes)
+    assert got == status, body
+    assert headers["content-type"] == "application/json"
+    error = orjson.loads(body)
+    assert error["code"] == status and error["error"] and error["request_id"]
     server.assert_healthy(GOOD)
 
 
