@@ -136,6 +136,22 @@ class ServeProcess:
         assert response.status_code == 200, response.text
 
 
+# Protocol 4, then a FRAME opcode whose length field claims 1 TiB: unpickling it raises a bare
+# MemoryError at once, as a corrupt pickle's garbage length field does.
+HUGE_FRAME_PICKLE = b"\x80\x04\x95" + (1 << 40).to_bytes(8, "little") + b"K\x01."
+
+
+def npy(array) -> bytes:
+    """``array`` as an application/x-npy body."""
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array))
+    return buffer.getvalue()
+
+
 def train_sklearn_classifier(model_dir: Path, n_features: int = 4, filename: str = "model.joblib") -> Path:
     """A tiny fitted LogisticRegression saved with joblib; returns the model directory."""
     import joblib

@@ -6,13 +6,13 @@ import base64
 import os
 import pickle
 import random
-import struct
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from harness import HUGE_FRAME_PICKLE
 from mme_support import (
     CSV,
     assert_healthy,
@@ -25,9 +25,6 @@ from mme_support import (
     wait_for,
     xgboost_model,
 )
-
-# Protocol 4, then a FRAME opcode whose length field claims 1 TiB: the unpickler asks for it at once.
-HUGE_FRAME_PICKLE = b"\x80\x04\x95" + struct.pack("<Q", 1 << 40) + b"K\x01."
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import numpy as np
 import orjson
 import pytest
 
-from harness import ServeProcess, train_sklearn_classifier
+from harness import ServeProcess, npy, train_sklearn_classifier
 
 from byoc_serve.codecs import MAX_NPZ_EXPANDED_BYTES
 
@@ -45,12 +45,6 @@ def post(server, body, content_type, accept=None, **headers):
     if accept:
         headers["Accept"] = accept
     return server.post("/invocations", data=body, headers=headers)
-
-
-def npy(array) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(array))
-    return buf.getvalue()
 
 
 def test_ping_is_200_with_an_empty_body_once_ready(server):

@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import signal
-import struct
 import sys
 import tempfile
 import threading
@@ -18,7 +17,7 @@ import psutil
 import pytest
 import requests
 
-from harness import ServeProcess, add_code, build_wheel, sleep_request, slow_model, train_sklearn_classifier
+from harness import HUGE_FRAME_PICKLE, ServeProcess, add_code, build_wheel, sleep_request, slow_model, train_sklearn_classifier
 
 def test_ping_is_503_with_a_reason_until_loaded_then_200(serve_factory, tmp_path):
     server = serve_factory(slow_model(tmp_path), {"TEST_LOAD_SECONDS": "2"}, wait_ready=False)
@@ -110,8 +109,7 @@ def test_missing_model_is_fatal_and_names_the_phase(tmp_path):
 def test_corrupt_pickle_is_fatal_in_phase_load_with_a_reason(tmp_path):
     model = tmp_path / "model"
     model.mkdir()
-    # Protocol 4, then a FRAME whose length field claims 1 TiB: unpickling raises a bare MemoryError.
-    (model / "model.pkl").write_bytes(b"\x80\x04\x95" + struct.pack("<Q", 1 << 40) + b"K\x01.")
+    (model / "model.pkl").write_bytes(HUGE_FRAME_PICKLE)
     server = ServeProcess(model).start(wait_ready=False)
     try:
         assert server.proc.wait(30) != 0

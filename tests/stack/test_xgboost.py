@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import pickle
 import subprocess
 import sys
@@ -12,14 +11,10 @@ import numpy as np
 import pytest
 import xgboost
 
+from harness import npy
+
 ROWS = np.array([[0.9, 0.1, 0.2, 0.3], [0.1, 0.8, 0.5, 0.5], [0.7, 0.3, 0.9, 0.1]])
 LEGACY_XGBOOST = Path(sys.executable).parents[1] / "xgboost-legacy"
-
-
-def npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
 
 
 def training_data():
