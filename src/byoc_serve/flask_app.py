@@ -6,11 +6,13 @@ import uuid
 
 import orjson
 from flask import Flask, Request, Response, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from byoc_serve.app import batch_parameters, error_body
 from byoc_serve.config import Settings
-from byoc_serve.errors import envelope
+from byoc_serve.errors import ServingError, envelope
+
+EVERY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
 
 def request_id(req: Request) -> str:
@@ -29,7 +31,15 @@ def install_error_handlers(app: Flask, model_name: str | None = None) -> None:
     def http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         kind = (exc.name or "error").lower().replace(" ", "_")
-        return json_response(envelope(exc.description or exc.name, status, kind, model_name, request_id(request)), status)
+        message, headers = exc.description or exc.name, {}
+        if isinstance(exc, NotFound):  # worded as nginx words its own 404s
+            message = f"no route for {request.method} {request.path}"
+        elif isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            allowed = ", ".join(sorted(exc.valid_methods))
+            message, headers = f"{request.path} accepts {allowed} only", {"Allow": allowed}
+        response = json_response(envelope(message, status, kind, model_name, request_id(request)), status)
+        response.headers.update(headers)
+        return response
 
     @app.errorhandler(Exception)
     def any_error(exc: Exception) -> Response:
@@ -46,5 +56,10 @@ def create_flask_app(settings: Settings) -> Flask:
     @app.get("/execution-parameters")
     def execution_parameters() -> Response:
         return json_response(batch_parameters(settings))
+
+    @app.route("/models", methods=EVERY_METHOD)
+    @app.route("/models/<name>", methods=EVERY_METHOD)
+    def multi_model_only(name: str | None = None) -> Response:
+        raise ServingError("the multi-model API is off in this container (SAGEMAKER_MULTI_MODEL=true turns it on)", status=404, kind="not_found")
 
     return app

@@ -185,6 +185,32 @@ def test_unknown_route_is_json_404(server, path):
     server.assert_healthy(GOOD)
 
 
+@pytest.mark.parametrize("method", ["POST", "GET"])
+def test_a_404_names_the_clients_method(server, method):
+    """nginx turns a method into GET when it redirects to an error page; the body still says the client's."""
+    response = server.request(method, "/ping.json")
+    assert response.status_code == 404
+    assert response.json()["error"] == f"no route for {method} /ping.json"
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS"])
+def test_other_methods_on_ping_get_405_json(server, method):
+    response = server.request(method, "/ping")
+    assert response.status_code == 405
+    assert response.headers["Content-Type"] == "application/json" and response.headers["Allow"] == "GET, HEAD"
+    assert response.json()["type"] == "method_not_allowed" and f"{method} /ping" in response.json()["error"]
+    assert server.request("HEAD", "/ping").status_code == 200
+    server.assert_healthy(GOOD)
+
+
+@pytest.mark.parametrize("method, path", [("GET", "/models"), ("POST", "/models"), ("GET", "/models/a"), ("PUT", "/models/a")])
+def test_the_multi_model_api_says_it_is_off(server, method, path):
+    response = server.request(method, path)
+    assert response.status_code == 404
+    assert "SAGEMAKER_MULTI_MODEL=true" in response.json()["error"]
+    server.assert_healthy(GOOD)
+
+
 def raw_exchange(server, request: bytes) -> tuple[int, dict[str, str], bytes]:
     """Send bytes no HTTP client would, read the answer to the end (nginx closes after an error)."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:

@@ -149,11 +149,16 @@ def test_a_client_that_leaves_mid_request_costs_nothing(server):
         server.assert_healthy(GOOD)
 
 
-def test_other_methods_on_invocations_get_405_json(server):
-    response = server.get("/invocations")
+@pytest.mark.parametrize(
+    "method, path, allow",
+    [("GET", "/invocations", "POST"), ("POST", "/execution-parameters", "GET, HEAD, OPTIONS")],
+    ids=["invocations", "execution-parameters"],
+)
+def test_other_methods_get_405_json_naming_the_allowed_ones(server, method, path, allow):
+    response = server.request(method, path)
     assert response.status_code == 405
-    assert response.headers["Allow"] == "POST"
-    assert response.json()["type"] == "method_not_allowed"
+    assert response.headers["Allow"] == allow
+    assert response.json()["type"] == "method_not_allowed" and response.json()["error"] == f"{path} accepts {allow} only"
     server.assert_healthy(GOOD)
 
 
