@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Any, Callable
 
 from byoc_serve import codecs
-from byoc_serve.errors import BadRequest, ServingError
+from byoc_serve.errors import ServingError
 from model_handlers.base import Context, Handler
 
 log = logging.getLogger("byoc_serve.user_code")
@@ -64,12 +64,7 @@ class UserCodeHandler(Handler):
     def decode(self, body: bytes, content_type: str, context: Context) -> Any:
         if "input_fn" in self.hooks:
             media_type = codecs.parse_media_type(content_type) or content_type
-            payload: Any = body
-            if media_type in UTF8_TYPES:
-                try:
-                    payload = body.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise BadRequest(f"body is not valid UTF-8: {exc}") from None
+            payload = codecs.as_text(body, content_type) if media_type in UTF8_TYPES else body
             return call_hook(self.hooks["input_fn"], context, payload, content_type)
         return self._default().decode(body, content_type, context)
 

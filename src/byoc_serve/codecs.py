@@ -22,6 +22,8 @@ _NUMERIC_KINDS = "biuf"
 _NUMERIC_CSV_BYTES = b"0123456789.,eE+- \t\r\n"
 # What the arrays of one .npz body may expand to: deflate turns 6 MB of zeros into 6 GB.
 MAX_NPZ_EXPANDED_BYTES = 256 * 1024 * 1024
+_UTF8_BOM = b"\xef\xbb\xbf"  # what Excel and PowerShell put in front of a UTF-8 CSV
+_UTF8_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
 _ALIASES = {
     "application/x-jsonlines": "application/jsonlines",
     "application/json-lines": "application/jsonlines",
@@ -56,7 +58,39 @@ def decode(body: bytes | str, content_type: str | None) -> Any:
         )
     if isinstance(body, str):
         body = body.encode()
+    if media in _TEXT_MEDIA:
+        body = _as_utf8(body, content_type or "")
     return decoder(body)
+
+
+def as_text(body: bytes, content_type: str | None) -> str:
+    """A text body as str, read in its declared charset (else UTF-8), without a byte order mark."""
+    try:
+        return _as_utf8(body, content_type or "").decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"body is not valid UTF-8: {exc}") from None
+
+
+def _as_utf8(body: bytes, content_type: str) -> bytes:
+    """A text body as UTF-8 without a byte order mark, whatever charset its Content-Type declares."""
+    charset = _charset(content_type)
+    if charset is not None and charset not in _UTF8_CHARSETS:
+        try:
+            body = body.decode(charset).encode("utf-8")
+        except LookupError:  # unknown, or not a text encoding (base64, zlib)
+            raise UnsupportedContentType(f"charset {charset!r} is not supported; send UTF-8") from None
+        except UnicodeDecodeError as exc:
+            raise BadRequest(f"body is not valid {charset}: {exc}") from None
+    return body[len(_UTF8_BOM):] if body.startswith(_UTF8_BOM) else body
+
+
+def _charset(content_type: str) -> str | None:
+    """The charset parameter of a Content-Type, lower-cased, or None."""
+    for param in content_type.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower() or None
+    return None
 
 
 def _array_or_list(value: Any) -> Any:
@@ -209,6 +243,7 @@ _DECODERS: dict[str, Callable[[bytes], Any]] = {
     "text/plain": _decode_text,
 }
 DECODABLE: tuple[str, ...] = tuple(_DECODERS)
+_TEXT_MEDIA = frozenset({"application/json", "text/csv", "application/jsonlines", "text/plain"})
 
 
 # ---------------------------------------------------------------------------------------- encoding

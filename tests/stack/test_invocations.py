@@ -61,6 +61,8 @@ def test_ping_is_200_with_an_empty_body_once_ready(server):
         (orjson.dumps({"inputs": ROWS}), "application/json"),
         ("\n".join(",".join(map(str, r)) for r in ROWS) + "\n", "text/csv"),
         ("\n".join(",".join(map(str, r)) for r in ROWS), "text/csv; charset=utf-8"),
+        (b"\xef\xbb\xbf" + "\r\n".join(",".join(map(str, r)) for r in ROWS).encode(), "text/csv"),  # Excel's CSV UTF-8
+        ("\n".join(",".join(map(str, r)) for r in ROWS).encode("utf-16"), "text/csv; charset=utf-16"),
         (b"\n".join(orjson.dumps(r) for r in ROWS), "application/jsonlines"),
         (npy(ROWS), "application/x-npy"),
     ],

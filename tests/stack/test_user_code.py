@@ -102,6 +102,9 @@ def test_unmodified_toolkit_inference_script(serve_factory, tmp_path):
     assert "unsupported content type text/csv" in server.log() and refused.json()["request_id"] in server.log()
     assert server.get("/ping").status_code == 200
     assert np.allclose(post_features().json()["probabilities"], model.predict_proba(np.array(ROWS)))
+    # input_fn gets the text without the byte order mark some Windows tools write (json.loads refuses one).
+    with_bom = server.post("/invocations", data=b"\xef\xbb\xbf" + orjson.dumps({"features": ROWS}), headers={"Content-Type": "application/json"})
+    assert with_bom.status_code == 200, with_bom.text
 
 
 def test_transform_fn_with_context_and_custom_attribute_echo(serve_factory, tmp_path):

@@ -325,6 +325,40 @@ def test_text_plain_gives_the_utf8_string():
     assert decode("héllo wörld".encode(), "text/plain; charset=utf-8") == "héllo wörld"
 
 
+@pytest.mark.parametrize(
+    "body, content_type",
+    [
+        (b"\xef\xbb\xbf1,2\n3,4", "text/csv"),  # Excel's "CSV UTF-8"
+        (b"\xef\xbb\xbf[[1, 2], [3, 4]]", "application/json"),
+        (b"\xef\xbb\xbf[1, 2]\n[3, 4]\n", "application/jsonlines"),
+        ("1,2\r\n3,4".encode("utf-16"), "text/csv; charset=UTF-16"),  # PowerShell's default
+        ("[[1, 2], [3, 4]]".encode("utf-16-le"), 'application/json; charset="utf-16le"'),
+        ("1,2\n3,4".encode("latin-1"), "text/csv; Charset=ISO-8859-1"),
+    ],
+    ids=["csv-bom", "json-bom", "jsonl-bom", "csv-utf16", "json-utf16le-quoted", "csv-latin1"],
+)
+def test_text_bodies_may_carry_a_bom_or_declare_their_charset(body, content_type):
+    np.testing.assert_array_equal(decode(body, content_type), [[1, 2], [3, 4]])
+
+
+def test_text_in_a_declared_charset_keeps_its_characters():
+    assert decode("prénom".encode("latin-1"), "text/plain; charset=latin-1") == "prénom"
+    assert decode('["prénom"]'.encode("cp1252"), "application/json; charset=windows-1252") == ["prénom"]
+
+
+@pytest.mark.parametrize("charset", ["klingon", "base64", "rot13"])
+def test_an_unknown_or_non_text_charset_is_415(charset):
+    with pytest.raises(UnsupportedContentType) as caught:
+        decode(b"1,2", f"text/csv; charset={charset}")
+    assert caught.value.status == 415 and charset in caught.value.message
+
+
+def test_a_body_not_in_its_declared_charset_is_400():
+    with pytest.raises(BadRequest) as caught:
+        decode(b"\xff\xfe\x00", "text/csv; charset=utf-16")
+    assert caught.value.status == 400 and "utf-16" in caught.value.message
+
+
 # -------------------------------------------------------------------------------- encode: JSON
 
 
