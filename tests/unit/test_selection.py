@@ -45,7 +45,7 @@ def test_user_modules_of_two_models_do_not_collide(tmp_path):
     a = select_handler(tmp_path / "a", settings)
     b = select_handler(tmp_path / "b", settings)
     assert a.module is not b.module
-    assert (a.hooks["model_fn"]("x"), b.hooks["model_fn"]("x")) == (1, 2)
+    assert (a.hooks["model_fn"].fn("x"), b.hooks["model_fn"].fn("x")) == (1, 2)
 
 
 def test_third_party_handlers_register_through_the_entry_point_group(tmp_path, monkeypatch):
