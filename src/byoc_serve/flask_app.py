@@ -33,7 +33,7 @@ def install_error_handlers(app: Flask, model_name: str | None = None) -> None:
         kind = (exc.name or "error").lower().replace(" ", "_")
         message, headers = exc.description or exc.name, {}
         if isinstance(exc, NotFound):  # worded as nginx words its own 404s
-            message = f"no route for {request.method} {request.path}"
+            message = f"no route for {request.method} {request.environ.get('PATH_INFO') or request.path}"
         elif isinstance(exc, MethodNotAllowed) and exc.valid_methods:
             allowed = ", ".join(sorted(exc.valid_methods))
             message, headers = f"{request.path} accepts {allowed} only", {"Allow": allowed}

@@ -179,7 +179,9 @@ def test_npz_that_inflates_past_the_limit_is_413_json(server):
     server.assert_healthy(GOOD)
 
 
-@pytest.mark.parametrize("path", ["/admin", "/ping.json", "/_errors/bad_request"], ids=["unknown", "internal", "error-page"])
+@pytest.mark.parametrize(
+    "path", ["/admin", "/ping.json", "/_errors/bad_request", "//invocations"], ids=["unknown", "internal", "error-page", "app"]
+)
 def test_unknown_route_is_json_404(server, path):
     response = server.get(path)
     assert response.status_code == 404
