@@ -46,6 +46,8 @@ PAYLOAD_ROWS = (1, 100)
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 40.0
 ONE_CPU = 0  # where the one-CPU segment pins wrk and every server process
+OUR_AND_REFERENCE = ("ours", "ours-1-worker", "reference")  # the stacks that serve /ping and need a warm-up
+LATENCY_ONLY = ("python-floor", "ours-1-worker")  # measured at 1 connection only
 
 
 @dataclass(frozen=True)
@@ -191,7 +193,9 @@ def http_status(method: str, port: int, path: str, body: bytes | None = None, he
         conn.close()
 
 
-def our_server(work: Path, model_dir: Path, name: str = "ours", serve: Path = OUR_SERVE) -> Server:
+def our_server(
+    work: Path, model_dir: Path, name: str = "ours", serve: Path = OUR_SERVE, workers: int | None = None
+) -> Server:
     port = free_port()
     run_dir = work / f"run-{name}-{port}"
     env = dict(
@@ -201,6 +205,8 @@ def our_server(work: Path, model_dir: Path, name: str = "ours", serve: Path = OU
         BYOC_RUN_DIR=str(run_dir),
         BYOC_PREDICT_METHOD="predict_proba",
     )
+    if workers is not None:
+        env["BYOC_WORKERS"] = str(workers)
     return Server(name, port, [str(serve)], env, work / f"{name}-{port}.log")
 
 
@@ -641,6 +647,11 @@ def ratios(loads: list[LoadResult], costs: list[InProcessCost], startup: list[St
             # Not targets: what the least Python app behind nginx reaches, and what we add to it.
             entry["python_floor_p50_c1_over_floor_plus_inprocess"] = round(python1.p50_ms / (floor1.p50_ms + ours_cost.median_ms), 2)
             entry["ours_p50_c1_over_python_floor"] = round(ours1.p50_ms / python1.p50_ms, 2)
+        single1 = load("ours-1-worker", rows, 1)
+        if ours1 and single1 and floor1 and ours_cost:
+            # Not a target: nginx sends consecutive requests to alternate idle workers, often on the other CPU.
+            entry["one_worker_p50_c1_over_floor_plus_inprocess"] = round(single1.p50_ms / (floor1.p50_ms + ours_cost.median_ms), 2)
+            entry["ours_p50_c1_over_one_worker"] = round(ours1.p50_ms / single1.p50_ms, 2)
         if ref1 and ref_cost:
             entry["reference_p50_c1_over_inprocess"] = round(ref1.p50_ms / ref_cost.median_ms, 1)
         ours_one, floor_one = load("ours", rows, 1, one_cpu=True), load("nginx-constant", rows, 1, one_cpu=True)
@@ -774,6 +785,8 @@ def main(argv: list[str] | None = None) -> int:
 
     servers = {
         "ours": our_server(work, model_dir),
+        # Not a target: the same stack with one worker, so 1 connection never alternates between workers.
+        "ours-1-worker": our_server(work, model_dir, name="ours-1-worker", workers=1),
         "reference": reference_server(work, model_dir),
         "nginx-constant": nginx_constant_server(work),
         "nginx-proxy": nginx_proxy_server(work),
@@ -784,21 +797,23 @@ def main(argv: list[str] | None = None) -> int:
         for server in servers.values():
             server.start()
         for name, server in servers.items():
-            server.wait_ping("/ping" if name in ("ours", "reference") else "/")
+            server.wait_ping("/ping" if name in OUR_AND_REFERENCE else "/")
         for name, server in servers.items():
-            if name in ("ours", "reference"):
+            if name in OUR_AND_REFERENCE:
                 warm(server, "/invocations", scripts)
         # Interleave the stacks per configuration so machine noise hits them alike.
         for rows in PAYLOAD_ROWS:
             for connections in plan.concurrencies:
                 for name, server in servers.items():
-                    if name == "python-floor" and connections != 1:
+                    if name in LATENCY_ONLY and connections != 1:
                         continue  # one process: a floor for latency, not for throughput
                     loads.append(measure_load(server, "/invocations", scripts[rows], rows, connections, plan))
                     print_load(loads[-1])
         # Last, as it leaves the servers pinned: 1 connection with wrk and every server on one CPU, so
         # no request waits for a sleeping CPU to be woken (what the run above pays on every hop).
         for name, server in servers.items():
+            if name == "ours-1-worker":
+                continue  # on one CPU, alternating workers cost no wake-up across CPUs
             pin(server, {ONE_CPU})
             loads.append(measure_load(server, "/invocations", scripts[1], 1, 1, plan, cpus={ONE_CPU}))
             print_load(loads[-1])
