@@ -1,3 +1,7 @@
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
 import pytest
 
 from byoc_serve.config import MIB, ConfigError, load_settings
@@ -73,3 +77,39 @@ def test_unknown_template_placeholder_is_an_error():
 
 def test_default_accept_is_normalised():
     assert load_settings({"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "Text/CSV; charset=utf-8"}).default_accept == "text/csv"
+
+
+class RecordingEnv(Mapping):
+    """An empty environment that remembers every variable name asked for."""
+
+    def __init__(self):
+        self.asked: set[str] = set()
+
+    def __getitem__(self, name: str) -> str:
+        self.asked.add(name)
+        raise KeyError(name)
+
+    def get(self, name: str, default=None):
+        self.asked.add(name)
+        return default
+
+    def __contains__(self, name: object) -> bool:
+        self.asked.add(str(name))
+        return False
+
+    def __iter__(self):
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def test_every_variable_the_settings_read_has_a_readme_row_and_every_row_is_read():
+    env = RecordingEnv()
+    load_settings(env)
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    first_cells = re.findall(r"^\| (`[A-Z_]+`(?:, `[A-Z_]+`)*) \|", readme, flags=re.MULTILINE)
+    documented = {name for cell in first_cells for name in re.findall(r"`([A-Z_]+)`", cell)}
+    assert len(env.asked) > 20
+    assert env.asked - documented == set(), "read by load_settings but missing from the README table"
+    assert documented - env.asked == set(), "in the README table but never read by load_settings"
