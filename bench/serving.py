@@ -806,7 +806,7 @@ def main(argv: list[str] | None = None) -> int:
             for connections in plan.concurrencies:
                 for name, server in servers.items():
                     if name in LATENCY_ONLY and connections != 1:
-                        continue  # one process: a floor for latency, not for throughput
+                        continue  # one process or one worker: compared for latency, not throughput
                     loads.append(measure_load(server, "/invocations", scripts[rows], rows, connections, plan))
                     print_load(loads[-1])
         # Last, as it leaves the servers pinned: 1 connection with wrk and every server on one CPU, so
