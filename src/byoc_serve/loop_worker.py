@@ -60,12 +60,13 @@ class LoopWorker(Worker):
             if now - last_beat >= HEARTBEAT_S:
                 self.notify()
                 last_beat = now
+                # Once a heartbeat, not per request: a getppid() per request was a quarter of our syscalls.
+                if not self.is_parent_alive():
+                    break
             for key, _ in self.selector.select(HEARTBEAT_S):
                 self.dispatch(key)
                 if not self.alive:
                     break
-            if not self.is_parent_alive():
-                break
         self.finish_what_was_sent()
 
     def dispatch(self, key: selectors.SelectorKey) -> None:

@@ -79,18 +79,29 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path):
     assert [(r.status_code, r.json()) for r in results] == [(200, [1.0])] * 4
 
 
-def test_serve_exits_non_zero_when_gunicorn_dies(tmp_path):
+def test_serve_exits_non_zero_when_gunicorn_dies_and_its_workers_follow(tmp_path):
     server = ServeProcess(train_sklearn_classifier(tmp_path / "m")).start()
+    workers: list[psutil.Process] = []
     try:
         children = psutil.Process(server.proc.pid).children()
         gunicorn = next(p for p in children if "byoc_serve.workers" in " ".join(p.cmdline()))
         nginx = next(p for p in children if p.pid != gunicorn.pid)
+        deadline = time.monotonic() + 10  # ready comes with the first worker; the second may still be forking
+        while len(workers := gunicorn.children()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(workers) == 2
         os.kill(gunicorn.pid, signal.SIGKILL)
         assert server.proc.wait(15) != 0
         assert "gunicorn exited unexpectedly" in server.log()
         assert not nginx.is_running() or nginx.status() == psutil.STATUS_ZOMBIE
+        # An orphaned worker notices its new parent at its next heartbeat (1 s) and exits.
+        _, alive = psutil.wait_procs(workers, timeout=10)
+        assert alive == []
     finally:
         server.stop()
+        for worker in workers:
+            if worker.is_running():
+                worker.kill()
 
 
 def test_missing_model_is_fatal_and_names_the_phase(tmp_path):
