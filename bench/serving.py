@@ -1,9 +1,10 @@
 """Single-model serving benchmark (issue 2): our stack vs an example-style reference vs an nginx floor.
 
-Trains a small scikit-learn classifier, starts three servers on free loopback ports — our `serve`,
-the reference stack in ``bench/reference_stack`` (the AWS scikit_bring_your_own example's shape) and
-an nginx that returns a constant — and drives each with wrk at several concurrencies with a 1-row
-and a 100-row CSV body. In the same run it measures the in-process cost of decode + predict + encode
+Trains a small scikit-learn classifier, starts servers on free loopback ports — our `serve` (and
+the same with one worker), the reference stack in ``bench/reference_stack`` (the AWS
+scikit_bring_your_own example's shape), and the floors: nginx returning a constant, nginx proxying to
+one, a bare Python process (see bench/README.md) — and drives each with wrk at several concurrencies
+with a 1-row and a 100-row CSV body. In the same run it measures the in-process cost of decode + predict + encode
 for both stacks and our process start -> first ``/ping`` 200. Prints a table and the ratios the issue
 sets targets for; ``--json FILE`` dumps every figure. Everything started here is stopped by PID.
 
