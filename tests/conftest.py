@@ -27,3 +27,14 @@ def serve_factory() -> Iterator[Callable[..., ServeProcess]]:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if shutil.which("nginx") is None:
         raise pytest.UsageError("nginx is not installed: run the README's test command (bash .ci/setup.sh first)")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """A failed test's report ends with the log tail of every server still running: a module's shared
+    server outlives the test, and its log is the only record of what the stack did."""
+    report = yield
+    if report.failed:
+        for server in ServeProcess.running:
+            report.sections.append((f"serve log (tail) {server.url}", server.log_tail()))
+    return report

@@ -55,7 +55,9 @@ def as_nobody(command: list[str]) -> list[str]:
 
 
 class ServeProcess:
-    """One running ``serve``; its log is captured to a file for assertions."""
+    """One running ``serve``; its log is captured to a file for assertions (and shown when a test fails)."""
+
+    running: list["ServeProcess"] = []  # started and not yet stopped, for conftest's failure report
 
     def __init__(self, model_dir: Path | None = None, env: dict[str, str] | None = None, args: tuple[str, ...] = (),
                  command: tuple[str, ...] = (SERVE,)):
@@ -81,6 +83,7 @@ class ServeProcess:
         # Append mode: nginx reopens /dev/stdout for its access log, and only O_APPEND keeps both writers intact.
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen([*self.command, *self.args], env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        ServeProcess.running.append(self)
         if wait_ready:
             self.wait_ready(timeout)
         return self
@@ -108,10 +111,15 @@ class ServeProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def log_tail(self, lines: int = 80) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 35) -> int | None:
         """Signal serve and wait; returns its exit code (killed after ``timeout``)."""
         if self.proc is None:
             return None
+        if self in ServeProcess.running:
+            ServeProcess.running.remove(self)
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
