@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import tarfile
+import threading
+import time
 from pathlib import Path
 
 import boto3
@@ -28,7 +31,7 @@ from byoc_serve.config import MIB, Settings
 from byoc_serve.errors import BadRequest, InsufficientMemory
 from byoc_serve.memory import MemoryBudget, Resident, container_memory_limit, plan_admission
 from byoc_serve.mme.activity import Activity
-from byoc_serve.mme.host import as_load_failure, fetch_artifact
+from byoc_serve.mme.host import as_load_failure, bind_server, fetch_artifact, serve
 from byoc_serve.mme.names import max_name_length, validate_model_name
 from byoc_serve.mme.registry import ModelRecord, Registry
 
@@ -275,6 +278,35 @@ def test_activity_written_by_a_forked_host_is_read_by_the_manager():
     os.waitpid(pid, 0)
     assert activity.in_flight() == 1
     assert activity.last_used() > 0
+    activity.close()
+
+
+def test_a_sigterm_that_came_before_the_host_served_ends_it_once_its_request_in_flight_is_done(tmp_path):
+    """An unload's SIGTERM can arrive while a new host still starts its threads. With a handler and
+    signal.pause(), one that arrived just before pause() left the host asleep until SIGKILL."""
+    settings = Settings(threads=2, timeout_s=20)
+    activity = Activity()
+    server = bind_server(tmp_path / "m.sock", lambda environ, start_response: [], settings)
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # as run_host does before "ready"
+        os.kill(os.getpid(), signal.SIGTERM)
+        activity.attach()
+        activity.begin()  # a request in flight, done in 0.5 s
+        threading.Timer(0.5, activity.end).start()
+        serve(server, activity, settings)
+    server.close()
+    deadline = time.monotonic() + 10
+    while (waited := os.waitpid(pid, os.WNOHANG)) == (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if waited == (0, 0):
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the host did not end within 10 s of a pending SIGTERM")
+    assert os.waitstatus_to_exitcode(waited[1]) == 0
+    assert time.monotonic() - started >= 0.5  # it waited for the request in flight
+    assert activity.in_flight() == 0
     activity.close()
 
 

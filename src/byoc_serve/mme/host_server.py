@@ -12,11 +12,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import signal
 import socket
 import threading
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable
 
 from byoc_serve import http1
 from byoc_serve.errors import ServingError
@@ -43,12 +42,10 @@ class HostServer:
         self.listener.listen(BACKLOG)
         self.threads = threads
 
-    def serve_forever(self) -> NoReturn:
-        """Start the threads, each accepting and serving on its own; the main thread waits for signals."""
+    def start(self) -> None:
+        """Start the threads, each accepting and serving on its own."""
         for n in range(self.threads):
             threading.Thread(target=self.accept_forever, name=f"byoc-invoke-{n}", daemon=True).start()
-        while True:
-            signal.pause()
 
     def accept_forever(self) -> None:
         while True:
