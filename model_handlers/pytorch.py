@@ -18,11 +18,12 @@ import numpy as np
 from byoc_serve import codecs
 from byoc_serve.errors import BadRequest, ModelFailure
 from model_handlers import devices
-from model_handlers.base import Context, Handler, find_artifact
+from model_handlers.base import MAX_REASON_CHARS, Context, Handler, find_artifact
 
 ARTIFACT_NAMES = ("model.pt2", "model.pt", "model.pth")
 ARTIFACT_SUFFIXES = (".pt2", ".pt", ".pth")
 TEXT_TYPES = ("application/json", "text/csv", "application/jsonlines")
+MAX_ANSWERED_SHAPES = 64  # a model taking varying sequence lengths would otherwise grow the set forever
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class PyTorchHandler(Handler):
     # Measured here (bench/dl.py --memory): load + one prediction of 4 and 17 MB MLPs grew RSS (and its peak)
     # by 1.00-1.04x the file size, TorchScript and .pt2 alike; 1.5 leaves room for activations.
     memory_factor = 1.5
+
+    def __init__(self) -> None:
+        self.answered_shapes: dict[int, set[str]] = {}  # id(model) → input shapes it has answered, batch aside
 
     def can_load(self, model_dir: Path) -> bool:
         return find_artifact(model_dir, ARTIFACT_NAMES, ARTIFACT_SUFFIXES) is not None
@@ -92,8 +96,25 @@ class PyTorchHandler(Handler):
                 return to_numpy(model(*args))
             if isinstance(data, dict):
                 inputs = {name: _input(value, device, dtype) for name, value in data.items()}
-                return to_numpy(model(**inputs))
-            return to_numpy(model(_input(data, device, dtype)))
+            else:
+                inputs = _input(data, device, dtype)
+            return to_numpy(self._run(model, inputs))
+
+    def _run(self, model: Any, inputs: Any) -> Any:
+        """Run a module that declares no input shapes. A RuntimeError for an input shaped unlike every
+        input it has answered is the request's fault: a 400 naming both shapes."""
+        shape = _shape_of(inputs)
+        answered = self.answered_shapes.setdefault(id(model), set())
+        try:
+            output = model(**inputs) if isinstance(inputs, dict) else model(inputs)
+        except RuntimeError as exc:
+            if not answered or shape in answered:
+                raise
+            raise BadRequest(f"PyTorch rejected the input: {_reason(exc)} (this model has answered inputs of "
+                             f"shape {' or '.join(sorted(answered))}; got {shape})") from exc
+        if len(answered) < MAX_ANSWERED_SHAPES:
+            answered.add(shape)
+        return output
 
     def encode(self, prediction: Any, accept: str, context: Context) -> tuple[bytes, str]:
         return codecs.encode(to_numpy(prediction), accept), accept
@@ -193,6 +214,22 @@ def _exported_args(signature: ExportSignature, data: Any, device: Any, dtype: An
             raise BadRequest(f"input {name!r} must have shape ({expected}); got {tuple(tensor.shape)}")
         args.append(tensor)
     return args
+
+
+def _shape_of(inputs: Any) -> str:
+    """``(batch, 4)``: an input's shape with its batch size left out; ``{name: ...}`` for named inputs."""
+    if isinstance(inputs, dict):
+        return "{" + ", ".join(f"{name}: {_shape_of(tensor)}" for name, tensor in sorted(inputs.items())) + "}"
+    if inputs.dim() == 0:
+        return "()"
+    return "(" + ", ".join(["batch", *map(str, inputs.shape[1:])]) + ")"
+
+
+def _reason(exc: RuntimeError) -> str:
+    """The error's last line: TorchScript puts the interpreter's traceback first and the error last."""
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    reason = lines[-1].removeprefix("RuntimeError: ")
+    return reason if len(reason) <= MAX_REASON_CHARS else reason[: MAX_REASON_CHARS - 3] + "..."
 
 
 def to_numpy(value: Any) -> Any:

@@ -105,7 +105,10 @@ def test_warm_up_prefers_the_artifacts_own_sample(artifacts, tmp_path):
     shutil.copytree(artifacts("torchscript").model_dir, model_dir)
     (model_dir / "code").mkdir()
     (model_dir / "code" / "warmup.json").write_text("[[1, 2, 3, 4]]")
-    assert Servable.load(model_dir, SETTINGS).warm_up() == "code/warmup.json"
+    model = Servable.load(model_dir, SETTINGS)
+    assert model.warm_up() == "code/warmup.json"
+    with pytest.raises(BadRequest, match=r"got \(batch, 3\)"):  # the warm-up answered (batch, 4)
+        invoke(model, b"[[1, 2, 3]]", "application/json")
 
 
 # ------------------------------------------------------------------------------------------ PyTorch
@@ -134,6 +137,18 @@ def test_exported_program_takes_named_inputs_in_their_own_dtypes(tmp_path):
 def test_exported_program_rejects_wrong_feature_count_with_400(artifacts):
     with pytest.raises(BadRequest, match=r"shape \(batch, 4\)"):
         invoke(servable(artifacts, "torch_export"), b"[[1, 2, 3]]", "application/json")
+
+
+@pytest.mark.parametrize("name", ["torchscript", "torch_state_dict"])
+def test_module_without_declared_shapes_rejects_a_shape_it_has_not_answered_with_400(artifacts, name):
+    model = servable(artifacts, name, replace(SETTINGS))  # a fresh one: nothing answered yet
+    # Before any answer there is no telling the input's fault from the model's.
+    with pytest.raises(ModelFailure):
+        invoke(model, b"[[1, 2, 3]]", "application/json")
+    good = invoke(model, orjson.dumps(ROWS[:2].tolist()), "application/json")
+    with pytest.raises(BadRequest, match=r"mat1 and mat2 shapes cannot be multiplied .*answered inputs of shape \(batch, 4\); got \(batch, 3\)"):
+        invoke(model, b"[[1, 2, 3]]", "application/json")
+    assert invoke(model, orjson.dumps(ROWS[:2].tolist()), "application/json") == good
 
 
 def test_exported_program_with_two_inputs_rejects_a_plain_array(tmp_path):
