@@ -38,6 +38,7 @@ from byoc_serve.memory import OVERCOMMIT_MODE, estimate_bytes, refusals_track_fr
 from byoc_serve.mme import protocol
 from byoc_serve.mme.activity import Activity
 from byoc_serve.mme.host_server import HostServer
+from byoc_serve.mme.names import live_marker
 from byoc_serve.servable import Servable
 from model_handlers.base import Context, Handler
 
@@ -90,6 +91,9 @@ def run_host(
             servable = load_model(spec, link, settings)
             app.hold(spec.name, servable, activity)
             server = bind_server(spec.socket, app, settings)
+            marker = live_marker(settings.run_dir, spec.name)
+            marker.touch()
+            os.chmod(marker, 0o644)  # nginx's workers may run as another user
         except BaseException as exc:
             failure = as_load_failure(exc)
             link.tell("error", **protocol.error(failure))

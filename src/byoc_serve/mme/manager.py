@@ -33,7 +33,7 @@ from byoc_serve.logs import configure_logging
 from byoc_serve.memory import MemoryBudget, Resident, estimate_bytes, plan_admission, process_footprint
 from byoc_serve.mme import protocol
 from byoc_serve.mme.host import HostApp, HostSpec, rehearse, run_host
-from byoc_serve.mme.names import socket_path, sockets_dir, validate_model_name
+from byoc_serve.mme.names import live_marker, socket_path, sockets_dir, validate_model_name
 from byoc_serve.mme.registry import ModelRecord, Registry
 
 log = logging.getLogger("byoc_serve.mme.manager")
@@ -133,7 +133,7 @@ class ModelManager:
         """Take a ready model out of service at once: new invokes get 404 from nginx, and the host
         finishes the requests it has in flight, then exits."""
         record.state = "unloading"
-        _unlink(socket_path(self.settings.run_dir, record.name))
+        self._withdraw(record)
         _signal(record, signal.SIGTERM)
 
     async def _wait_exit(self, record: ModelRecord) -> None:
@@ -272,6 +272,11 @@ class ModelManager:
                 os.close(other.pidfd)
             other.activity.close()
 
+    def _withdraw(self, record: ModelRecord) -> None:
+        """Stop nginx routing to the model's host: its marker first, so nginx no longer connects."""
+        _unlink(live_marker(self.settings.run_dir, record.name))
+        _unlink(socket_path(self.settings.run_dir, record.name))
+
     def _reap(self, record: ModelRecord) -> None:
         """The host exited (unload, failed load, crash, kill -9): forget it and free what it held."""
         loop = asyncio.get_running_loop()
@@ -282,7 +287,7 @@ class ModelManager:
         code = os.waitstatus_to_exitcode(status)
         if record.state != "unloading":
             # A crash leaves its socket file behind; nginx would then answer 502. Make it 404 like unloaded.
-            _unlink(socket_path(self.settings.run_dir, record.name))
+            self._withdraw(record)
         self.registry.remove(record)
         if record.disk_key is not None:
             self.disk.release(record.disk_key, record.name)

@@ -22,6 +22,12 @@ def socket_path(run_dir: Path, name: str) -> Path:
     return sockets_dir(run_dir) / f"{name}.sock"
 
 
+def live_marker(run_dir: Path, name: str) -> Path:
+    """Exists while the model's socket serves: nginx checks it before connecting, since a connect() to a
+    missing socket is an nginx [crit] line (and nginx cannot test a socket file itself)."""
+    return sockets_dir(run_dir) / f"{name}.live"
+
+
 def max_name_length(run_dir: Path) -> int:
     """Longest name whose socket path fits a unix socket address (depends on BYOC_RUN_DIR)."""
     return min(255, SOCKET_PATH_MAX - len(str(socket_path(run_dir, ""))))
