@@ -11,6 +11,10 @@ from byoc_serve.config import MIB, Settings
 
 PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 NGINX_TEMP_DIRS = ("body", "proxy", "fastcgi", "uwsgi", "scgi")
+# An idle worker loses a tie to the idle worker ranked below it once in PREFERENCE requests. The
+# top weight, PREFERENCE ** (RANKED_WORKERS - 1), stays within nginx's 64-bit sums; lower slots tie.
+PREFERENCE = 10_000
+RANKED_WORKERS = 5
 
 
 def template_text() -> str:
@@ -22,11 +26,7 @@ def render_nginx_conf(settings: Settings, template: str | None = None) -> str:
     access_log = settings.run_dir / "access.log"  # a FIFO that serve relays to stdout
     values = {
         "run_dir": str(settings.run_dir),
-        # One upstream server per gunicorn worker (see byoc_serve.workers.listen_for_worker); a worker
-        # that is restarting has no socket, and nginx moves on to the next.
-        "app_servers": "\n        ".join(
-            f"server unix:{settings.run_dir}/workers/{slot}.sock max_fails=0;" for slot in range(settings.workers)
-        ),
+        "app_servers": "\n        ".join(worker_servers(settings.run_dir, settings.workers)),
         "listen": str(settings.port),
         "listen_v6": f"listen [::]:{settings.port} reuseport backlog=4096;" if _ipv6_available() else "",
         "max_body_bytes": str(settings.max_payload_bytes),
@@ -44,6 +44,29 @@ def render_nginx_conf(settings: Settings, template: str | None = None) -> str:
         return values[key]
 
     return PLACEHOLDER.sub(substitute, template if template is not None else template_text())
+
+
+def worker_servers(run_dir: Path, workers: int) -> list[str]:
+    """The ``app`` upstream's servers: the lowest idle worker first, then the least busy one.
+
+    Each worker (its own socket, see byoc_serve.workers.listen_for_worker) is listed twice. As a
+    primary it takes one request at a time, and the weights decide between idle primaries:
+    ``least_conn`` breaks a tie by weighted round-robin, so with equal weights consecutive requests
+    at 1 connection would go to alternate workers, each woken on whichever vCPU it slept on. Once
+    every primary is busy, the same workers as backups take the rest by ``least_conn``, whose counts
+    are the backups' own: with one primary request each, that still spreads the load evenly.
+
+    A primary that fails (a worker still loading or being replaced has no socket, and nginx logs
+    each connect() at [crit]) rests for 1 s while the others serve. Backups never rest, so some
+    server is always left to try and nginx never answers "no live upstreams".
+    """
+    top = min(workers, RANKED_WORKERS) - 1
+    sockets = [f"unix:{run_dir}/workers/{slot}.sock" for slot in range(workers)]
+    primaries = [
+        f"server {sock} max_conns=1 weight={PREFERENCE ** max(0, top - slot)} max_fails=1 fail_timeout=1s;"
+        for slot, sock in enumerate(sockets)
+    ]
+    return primaries + [f"server {sock} backup max_fails=0;" for sock in sockets]
 
 
 def write_nginx_conf(settings: Settings) -> Path:

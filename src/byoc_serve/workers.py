@@ -94,7 +94,7 @@ def listen_for_worker(run_dir: Path, slot: int, backlog: int) -> socket.socket:
 
     With one shared socket, nginx's kept-alive upstream connections stick to whichever worker
     accepted them first (measured: one worker doing 72 % of the work at 8 connections); one socket
-    per worker lets nginx spread requests round-robin and still keep connections alive.
+    per worker lets nginx choose the worker for each request and still keep connections alive.
     """
     path = worker_socket(run_dir, slot)
     path.parent.mkdir(exist_ok=True)

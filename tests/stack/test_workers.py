@@ -187,6 +187,74 @@ def test_requests_go_to_the_idle_worker_not_behind_a_busy_one(tmp_path, serve_fa
         assert busy.result().status_code == 200
 
 
+WHO_ANSWERS_SCRIPT = """
+import os
+import time
+
+
+def model_fn(model_dir):
+    first = os.environ.get("TEST_SLOW_FIRST_LOAD")
+    if first:
+        try:
+            os.close(os.open(first, os.O_CREAT | os.O_EXCL))
+            time.sleep(float(os.environ["TEST_LOAD_SECONDS"]))  # only the first worker to load
+        except FileExistsError:
+            pass
+    return "model"
+
+
+def input_fn(body, content_type):
+    return float(body)
+
+
+def predict_fn(seconds, model):
+    time.sleep(seconds)
+    return [os.getpid()]
+"""
+
+
+def who_answers(server: ServeProcess, seconds: float = 0.0) -> int:
+    response = sleep_request(server, seconds)
+    assert response.status_code == 200, response.text
+    return response.json()[0]
+
+
+def wait_for_worker_sockets(server: ServeProcess, workers: int) -> None:
+    deadline = time.monotonic() + 30
+    while not all((server.run_dir / "workers" / f"{slot}.sock").exists() for slot in range(workers)):
+        assert time.monotonic() < deadline, "not every worker started listening"
+        time.sleep(0.05)
+
+
+def test_one_request_at_a_time_stays_on_one_worker_and_more_spread_evenly(tmp_path, serve_factory):
+    """At 1 connection nginx sends every request to the same idle worker; with least_conn's round-robin
+    tie-break consecutive requests alternated between workers (and vCPUs). 4 requests at once on 2
+    workers are 2 each."""
+    server = serve_factory(add_code(tmp_path / "m", WHO_ANSWERS_SCRIPT), {"BYOC_WORKERS": "2"})
+    wait_for_worker_sockets(server, 2)
+    assert len({who_answers(server) for _ in range(40)}) == 1
+    with ThreadPoolExecutor(4) as pool:
+        pids = list(pool.map(lambda _: who_answers(server, 1.0), range(4)))
+    assert sorted(pids.count(pid) for pid in set(pids)) == [2, 2], pids
+    server.assert_healthy({"data": "0", "headers": {"Content-Type": "text/csv"}})
+
+
+def test_a_worker_still_loading_costs_nginx_one_failed_connect_a_second(tmp_path, serve_factory):
+    """While one of two workers loads its model, nginx tries its missing socket at most once a second
+    (a [crit] line each time), instead of for every other request."""
+    env = {"BYOC_WORKERS": "2", "TEST_SLOW_FIRST_LOAD": str(tmp_path / "first"), "TEST_LOAD_SECONDS": "6"}
+    server = serve_factory(add_code(tmp_path / "m", WHO_ANSWERS_SCRIPT), env)
+    started, answered = time.monotonic(), 0
+    while answered < 300 and time.monotonic() - started < 3:
+        who_answers(server)
+        answered += 1
+    elapsed = time.monotonic() - started
+    assert not (server.run_dir / "workers" / "0.sock").exists() or not (server.run_dir / "workers" / "1.sock").exists()
+    failed_connects = len(re.findall(r"\[crit\].*connect\(\) to unix:\S+/workers/\d\.sock failed", server.log()))
+    assert answered >= 20
+    assert failed_connects <= elapsed + 1, f"{failed_connects} failed connects in {elapsed:.1f} s and {answered} requests"
+
+
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 THREADS_SCRIPT = f'''
 import os
