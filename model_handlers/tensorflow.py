@@ -7,7 +7,10 @@ objects (``{"inputs": {...}}``); a signature with one input also takes a plain a
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,7 @@ import numpy as np
 
 from byoc_serve.errors import BadRequest, ModelFailure
 from model_handlers import devices
-from model_handlers.base import Context, Handler, artifact_bytes, find_artifact, match_named_inputs
+from model_handlers.base import MAX_REASON_CHARS, Context, Handler, artifact_bytes, find_artifact, match_named_inputs
 
 log = logging.getLogger("byoc_serve.handlers.tensorflow")
 
@@ -24,6 +27,10 @@ KERAS_NAMES = ("model.keras", "model.h5")
 KERAS_SUFFIXES = (".keras", ".h5")
 SAVED_MODEL = "saved_model.pb"
 MAX_DEPTH = 3  # <name>/<version>/saved_model.pb and the older export/Servo/<version>/saved_model.pb
+# What TensorFlow wraps around the reason of an error raised inside a graph.
+_FRAMING = ("Graph execution error", "Detected at node", "<stack traces unavailable>")
+_NODE_PREFIX = re.compile(r"^\{\{function_node [^}]*\}\}\s*")
+_OP_SUFFIX = re.compile(r"\s*\[Op:[^\]]*\]$")
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,15 @@ class TensorFlowHandler(Handler):
         return model
 
     def predict(self, model: Any, data: Any, context: Context) -> Any:
+        """Run the model; an InvalidArgumentError from TensorFlow is a 400, as TensorFlow Serving answers it."""
+        import tensorflow as tf
+
+        try:
+            return self._run(model, data)
+        except tf.errors.InvalidArgumentError as exc:
+            raise BadRequest(f"TensorFlow rejected the input: {_reason(exc)}") from exc
+
+    def _run(self, model: Any, data: Any) -> Any:
         if isinstance(model, SignatureModel):
             tensors = {spec.name: _tensor(spec, value) for spec, value in match_named_inputs(model.inputs, data)}
             outputs = {name: _to_numpy(value) for name, value in model.function(**tensors).items()}
@@ -162,12 +178,14 @@ def _numpy_dtype(dtype: Any) -> np.dtype:
 
 def _array(spec: TensorSpec, value: Any) -> np.ndarray:
     """``value`` as the spec's dtype, a single example gaining its batch dimension, its shape checked."""
+    strings = spec.dtype.kind == "O"
     try:
-        array = np.asarray(value, dtype=spec.dtype if spec.dtype.kind != "O" else None)
+        # Strings stay bytes objects: a numpy bytes dtype would drop a serialized proto's trailing NULs.
+        array = np.asarray(_as_bytes(value.tolist() if isinstance(value, np.ndarray) else value) if strings else value, dtype=spec.dtype)
     except (ValueError, TypeError) as exc:
         raise BadRequest(f"input {spec.name!r} cannot be read as {spec.dtype}: {exc}") from None
-    if spec.dtype.kind == "O" and array.dtype.kind not in "OSU":
-        raise BadRequest(f"input {spec.name!r} takes strings; got {array.dtype}")
+    if strings and not all(isinstance(item, bytes) for item in array.flat):
+        raise BadRequest(f"input {spec.name!r} takes strings (or {{\"b64\": ...}} for bytes)")
     if array.ndim == len(spec.shape) - 1:
         array = array[np.newaxis]
     if array.ndim != len(spec.shape) or any(d is not None and d != n for d, n in zip(spec.shape, array.shape)):
@@ -179,8 +197,21 @@ def _array(spec: TensorSpec, value: Any) -> np.ndarray:
 def _tensor(spec: TensorSpec, value: Any) -> Any:
     import tensorflow as tf
 
-    array = _array(spec, value)
-    return tf.constant(array.astype(bytes) if spec.dtype.kind == "O" else array)
+    return tf.constant(_array(spec, value))
+
+
+def _as_bytes(value: Any) -> Any:
+    """JSON strings as UTF-8 and TensorFlow Serving's ``{"b64": ...}`` objects as the bytes they carry."""
+    if isinstance(value, list):
+        return [_as_bytes(item) for item in value]
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, dict) and value.keys() == {"b64"} and isinstance(value["b64"], str):
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except binascii.Error as exc:
+            raise BadRequest(f"a {{\"b64\": ...}} string is not base64: {exc}") from None
+    return value
 
 
 def _unknown_input(data: Any) -> Any:
@@ -188,6 +219,15 @@ def _unknown_input(data: Any) -> Any:
         return {name: _unknown_input(value) for name, value in data.items()}
     array = np.asarray(data)
     return array.astype(np.float32) if array.dtype == np.float64 else array
+
+
+def _reason(exc: Any) -> str:
+    """The line of TensorFlow's message that says what was wrong, without the graph node, the op and
+    the stack trace around it (``indices[1] = 50 is not in [0, 10)``)."""
+    lines = [line for line in exc.message.splitlines() if line.strip() and not line[0].isspace()]
+    reason = next((line for line in reversed(lines) if not line.startswith(_FRAMING)), exc.message.strip())
+    reason = _OP_SUFFIX.sub("", _NODE_PREFIX.sub("", reason))
+    return reason if len(reason) <= MAX_REASON_CHARS else reason[: MAX_REASON_CHARS - 3] + "..."
 
 
 def _to_numpy(tensor: Any) -> np.ndarray:

@@ -186,6 +186,35 @@ def saved_model(path: Path, seed: int = 0):
     return reference
 
 
+def tf_rejecting_models(root: Path) -> None:
+    """Three models whose inputs TensorFlow itself can refuse, one per directory under ``root``:
+    ``saved_model`` and ``keras`` look up rows of a 10-row table by id (an id over 9 is an
+    InvalidArgumentError on CPU), ``examples`` parses serialized tf.Example strings."""
+    import keras
+    import tensorflow as tf
+
+    class Lookup(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = tf.Variable(tf.random.stateless_normal([10, 3], seed=[0, 0]))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.int64, name="ids")])
+        def serve(self, ids):
+            return {"vectors": tf.gather(self.table, ids)}
+
+    class Examples(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+        def serve(self, examples):
+            features = tf.io.parse_example(examples, {"x": tf.io.FixedLenFeature([1], tf.float32)})
+            return {"y": features["x"] * 2}
+
+    for name, module in (("saved_model", Lookup()), ("examples", Examples())):
+        tf.saved_model.save(module, str(root / name), signatures={"serving_default": module.serve})
+    inputs = keras.Input((2,), dtype="int32", name="ids")
+    (root / "keras").mkdir(parents=True)
+    keras.Model(inputs, keras.layers.Embedding(10, 3)(inputs)).save(root / "keras" / "model.keras")
+
+
 def keras_file(model_dir: Path):
     import keras
 

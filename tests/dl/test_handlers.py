@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import subprocess
@@ -228,6 +229,25 @@ def test_wrong_feature_count_is_a_400_for_saved_models_and_keras(artifacts):
             invoke(servable(artifacts, name), b"[[1, 2]]", "application/json")
 
 
+def test_an_input_tensorflow_rejects_is_a_400_with_its_reason(tmp_path):
+    """TensorFlow Serving answers INVALID_ARGUMENT with a 400; so do we, with the line that says why."""
+    import tensorflow as tf
+
+    dl_models.tf_rejecting_models(tmp_path)
+    for name in ("saved_model", "keras"):
+        model = Servable.load(tmp_path / name, SETTINGS)
+        assert np.shape(invoke(model, b"[[1, 9]]", "application/json")) == (1, 2, 3)
+        with pytest.raises(BadRequest, match=r"^TensorFlow rejected the input: indices\[0,1\] = 50 is not in \[0, 10\)$") as info:
+            invoke(model, b"[[1, 50]]", "application/json")
+        assert isinstance(info.value.__cause__, tf.errors.InvalidArgumentError)
+    model = Servable.load(tmp_path / "examples", SETTINGS)
+    example = tf.train.Example(features=tf.train.Features(feature={"x": tf.train.Feature(float_list=tf.train.FloatList(value=[1.5]))}))
+    good = orjson.dumps({"instances": [{"b64": base64.b64encode(example.SerializeToString()).decode()}]})
+    assert invoke(model, good, "application/json") == [[3.0]]
+    with pytest.raises(BadRequest, match=r"^TensorFlow rejected the input: Could not parse example input, value: 'garbage'$"):
+        invoke(model, orjson.dumps({"instances": ["garbage"]}), "application/json")
+
+
 def test_keras_model_is_traced_for_any_batch_size_at_load(artifacts):
     model = Servable.load(artifacts("keras").model_dir, SETTINGS)
     traced = model.model.predict_function.experimental_get_tracing_count()
@@ -249,6 +269,10 @@ def test_string_inputs_and_outputs_round_trip(tmp_path):
     model = Servable.load(tmp_path, SETTINGS)
     assert model.warm_up() == "none available"
     assert invoke(model, orjson.dumps({"instances": ["ab", "c"]}), "application/json") == ["AB", "C"]
+    assert invoke(model, orjson.dumps({"instances": ["é", {"b64": "YQBi"}]}), "application/json") == ["é", "A\x00B"]  # upper() is ASCII-only
+    for bad, reason in (([1, 2], "takes strings"), ([{"b64": "a?"}], "not base64")):
+        with pytest.raises(BadRequest, match=reason):
+            invoke(model, orjson.dumps({"instances": bad}), "application/json")
 
 
 # --------------------------------------------------------------------------------------------- ONNX

@@ -126,6 +126,19 @@ def test_a_module_without_declared_shapes_answers_400_for_a_shape_unlike_those_i
         shutil.rmtree(server.run_dir, ignore_errors=True)
 
 
+def test_an_input_tensorflow_rejects_is_a_400_json_error_and_the_server_stays_healthy(tmp_path):
+    dl_models.tf_rejecting_models(tmp_path)
+    server = ServeProcess(tmp_path / "saved_model", {"BYOC_WORKERS": "1"}).start()
+    try:
+        response = server.post("/invocations", data=b"[[1, 50]]", headers={"Content-Type": "application/json"})
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == "TensorFlow rejected the input: indices[0,1] = 50 is not in [0, 10)"
+        server.assert_healthy({"data": b"[[1, 9]]", "headers": {"Content-Type": "application/json"}})
+    finally:
+        server.stop()
+        shutil.rmtree(server.run_dir, ignore_errors=True)
+
+
 def test_sklearn_server_never_imports_a_deep_learning_framework(tmp_path, artifacts):
     model_dir = train_sklearn_classifier(tmp_path / "model")
     server = ServeProcess(model_dir).start()
