@@ -158,7 +158,7 @@ def keras_inputs(model: Any) -> tuple[TensorSpec, ...] | None:
         return None
     if not inputs:
         return None
-    return tuple(TensorSpec(t.name, tuple(t.shape), np.dtype(t.dtype)) for t in inputs)
+    return tuple(TensorSpec(t.name, tuple(t.shape), np.dtype(object if t.dtype == "string" else t.dtype)) for t in inputs)
 
 
 def _trace_for_any_batch(model: Any) -> None:

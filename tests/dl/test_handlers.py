@@ -275,6 +275,15 @@ def test_string_inputs_and_outputs_round_trip(tmp_path):
             invoke(model, orjson.dumps({"instances": bad}), "application/json")
 
 
+def test_keras_model_with_a_string_input_loads_and_answers(tmp_path):
+    import keras
+
+    words = keras.Input((1,), dtype="string", name="word")
+    keras.Model(words, keras.layers.StringLookup(vocabulary=["a", "b", "é"])(words)).save(tmp_path / "model.keras")
+    model = Servable.load(tmp_path, SETTINGS)
+    assert invoke(model, orjson.dumps([["a"], ["é"], ["zz"]]), "application/json") == [[1], [3], [0]]
+
+
 # --------------------------------------------------------------------------------------------- ONNX
 
 
