@@ -120,9 +120,12 @@ def rejected_input(framework: str, exc: ValueError) -> BadRequest:
     """
     lines = str(exc).strip().splitlines() or [type(exc).__name__]
     reason = _NATIVE_PREFIX.sub("", lines[0]).rstrip(":")  # sklearn's first line may end "instead:"
-    if len(reason) > MAX_REASON_CHARS:
-        reason = reason[: MAX_REASON_CHARS - 3] + "..."
-    return BadRequest(f"{framework} rejected the input: {reason}")
+    return BadRequest(f"{framework} rejected the input: {clip_reason(reason)}")
+
+
+def clip_reason(reason: str) -> str:
+    """A framework's complaint cut to ``MAX_REASON_CHARS`` for a response body."""
+    return reason if len(reason) <= MAX_REASON_CHARS else reason[: MAX_REASON_CHARS - 3] + "..."
 
 
 def match_named_inputs(specs: tuple[Any, ...], data: Any) -> list[tuple[Any, Any]]:

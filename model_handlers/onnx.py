@@ -17,7 +17,7 @@ import numpy as np
 
 from byoc_serve.errors import BadRequest
 from model_handlers import devices
-from model_handlers.base import Context, Handler, find_artifact, match_named_inputs
+from model_handlers.base import Context, Handler, clip_reason, find_artifact, match_named_inputs
 
 ARTIFACT_NAMES = ("model.onnx",)
 ARTIFACT_SUFFIXES = (".onnx",)
@@ -73,7 +73,13 @@ class OnnxHandler(Handler):
         inputs = getattr(model, "byoc_inputs", None) or tuple(_describe(i) for i in model.get_inputs())
         feeds = {spec.name: _feed(spec, value) for spec, value in match_named_inputs(inputs, data)}
         names = getattr(model, "byoc_outputs", None) or tuple(o.name for o in model.get_outputs())
-        outputs = {name: _array(value) for name, value in zip(names, model.run(None, feeds))}
+        from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+        try:
+            results = model.run(None, feeds)
+        except InvalidArgument as exc:  # an index out of bounds, a value a kernel refuses: the input's fault
+            raise BadRequest(f"ONNX Runtime rejected the input: {_reason(exc)}") from exc
+        outputs = {name: _array(value) for name, value in zip(names, results)}
         return next(iter(outputs.values())) if len(outputs) == 1 else outputs
 
     def warmup_input(self, model: Any) -> Any | None:
@@ -102,6 +108,14 @@ def _feed(spec: OnnxInput, value: Any) -> np.ndarray:
         expected = ", ".join("batch" if d is None else str(d) for d in spec.shape)
         raise BadRequest(f"input {spec.name!r} must have shape ({expected}); got {array.shape}")
     return array
+
+
+def _reason(exc: Exception) -> str:
+    """``idx=50 must be within ...``: the kernel's own words, without onnxruntime's status prefix and node name."""
+    message = str(exc)
+    reason = message.split("Status Message: ", 1)[1] if "Status Message: " in message else message.rsplit(" : ", 1)[-1]
+    reason = reason.strip()
+    return clip_reason(reason)
 
 
 def _array(value: Any) -> Any:

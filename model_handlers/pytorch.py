@@ -18,7 +18,7 @@ import numpy as np
 from byoc_serve import codecs
 from byoc_serve.errors import BadRequest, ModelFailure
 from model_handlers import devices
-from model_handlers.base import MAX_REASON_CHARS, Context, Handler, find_artifact
+from model_handlers.base import Context, Handler, clip_reason, find_artifact
 
 ARTIFACT_NAMES = ("model.pt2", "model.pt", "model.pth")
 ARTIFACT_SUFFIXES = (".pt2", ".pt", ".pth")
@@ -229,7 +229,7 @@ def _reason(exc: RuntimeError) -> str:
     """The error's last line: TorchScript puts the interpreter's traceback first and the error last."""
     lines = str(exc).strip().splitlines() or [type(exc).__name__]
     reason = lines[-1].removeprefix("RuntimeError: ")
-    return reason if len(reason) <= MAX_REASON_CHARS else reason[: MAX_REASON_CHARS - 3] + "..."
+    return clip_reason(reason)
 
 
 def to_numpy(value: Any) -> Any:

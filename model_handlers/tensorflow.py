@@ -19,7 +19,7 @@ import numpy as np
 
 from byoc_serve.errors import BadRequest, ModelFailure
 from model_handlers import devices
-from model_handlers.base import MAX_REASON_CHARS, Context, Handler, artifact_bytes, find_artifact, match_named_inputs
+from model_handlers.base import Context, Handler, artifact_bytes, clip_reason, find_artifact, match_named_inputs
 
 log = logging.getLogger("byoc_serve.handlers.tensorflow")
 
@@ -227,7 +227,7 @@ def _reason(exc: Any) -> str:
     lines = [line for line in exc.message.splitlines() if line.strip() and not line[0].isspace()]
     reason = next((line for line in reversed(lines) if not line.startswith(_FRAMING)), exc.message.strip())
     reason = _OP_SUFFIX.sub("", _NODE_PREFIX.sub("", reason))
-    return reason if len(reason) <= MAX_REASON_CHARS else reason[: MAX_REASON_CHARS - 3] + "..."
+    return clip_reason(reason)
 
 
 def _to_numpy(tensor: Any) -> np.ndarray:

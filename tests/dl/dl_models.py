@@ -227,6 +227,25 @@ def keras_file(model_dir: Path):
     return lambda rows: model.predict_on_batch(np.atleast_2d(rows).astype(np.float32))
 
 
+def onnx_lookup(model_dir: Path) -> None:
+    """An ONNX graph that gathers rows of a 10-row table by id (``ids`` [batch, 2] → ``vectors``)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    table = helper.make_tensor("table", TensorProto.FLOAT, [10, 3], np.arange(30, dtype=np.float32).tolist())
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["vectors"], axis=0)],
+        "lookup",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [None, 2])],
+        [helper.make_tensor_value_info("vectors", TensorProto.FLOAT, [None, 2, 3])],
+        [table],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    model_dir.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(model_dir / "model.onnx"))
+
+
 def onnx_classifier(model_dir: Path, zipmap: bool = False):
     """A LogisticRegression converted with skl2onnx; the reference is scikit-learn's own answer."""
     from skl2onnx import to_onnx

@@ -294,6 +294,14 @@ def test_zipmap_probabilities_equal_the_plain_tensor_ones(artifacts):
     assert zipped["output_label"] == plain["label"]
 
 
+def test_an_input_onnx_runtime_rejects_is_a_400_with_its_reason(tmp_path):
+    dl_models.onnx_lookup(tmp_path)
+    model = Servable.load(tmp_path, SETTINGS)
+    assert invoke(model, b"[[1, 2]]", "application/json") == [[[3, 4, 5], [6, 7, 8]]]
+    with pytest.raises(BadRequest, match=r"^ONNX Runtime rejected the input: indices element out of data bounds, idx=50 must be within the inclusive range \[-10,9\]$"):
+        invoke(model, b"[[1, 50]]", "application/json")
+
+
 def test_onnx_named_input_and_wrong_name(artifacts):
     model = servable(artifacts, "onnx_skl2onnx")
     answer = invoke(model, orjson.dumps({"inputs": {"X": ROWS.tolist()}}), "application/json")
