@@ -130,8 +130,11 @@ def clip_reason(reason: str) -> str:
 
 def match_named_inputs(specs: tuple[Any, ...], data: Any) -> list[tuple[Any, Any]]:
     """Pair each declared input (anything with ``.name``) with its value: by name for a dict of named
-    inputs, positionally when the model takes a single input."""
+    inputs or for TensorFlow Serving's row format (one object per instance), positionally when the
+    model takes a single input."""
     names = [spec.name for spec in specs]
+    if isinstance(data, list) and data and all(isinstance(row, dict) for row in data):
+        data = _columns(data)
     if isinstance(data, dict):
         missing = [n for n in names if n not in data]
         unknown = [n for n in data if n not in names]
@@ -141,6 +144,14 @@ def match_named_inputs(specs: tuple[Any, ...], data: Any) -> list[tuple[Any, Any
     if len(specs) != 1:
         raise BadRequest(f"this model takes named inputs {names}: send {{\"inputs\": {{name: values}}}}")
     return [(specs[0], data)]
+
+
+def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """``[{"a": 1, "b": 2}, {"a": 3, "b": 4}]`` -> ``{"a": [1, 3], "b": [2, 4]}``."""
+    names = list(rows[0])
+    if any(row.keys() != rows[0].keys() for row in rows):
+        raise BadRequest(f"every instance must name the same inputs; the first names {names}")
+    return {name: [row[name] for row in rows] for name in names}
 
 
 def _record_type(accept: str) -> str:

@@ -212,6 +212,17 @@ def test_tf_signature_setting_chooses_the_signature(artifacts):
     assert_close(invoke(model, body, "application/json"), ROWS.sum(axis=1) + [1, 2, 3])
 
 
+def test_tf_serving_row_format_names_the_inputs_in_every_instance(artifacts):
+    model = servable(artifacts, "saved_model", replace(SETTINGS, tf_signature="shifted"))
+    rows = orjson.dumps({"instances": [{"shift": shift, "features": row} for row, shift in zip(ROWS.tolist(), [1, 2, 3])]})
+    assert_close(invoke(model, rows, "application/json"), ROWS.sum(axis=1) + [1, 2, 3])
+    with pytest.raises(BadRequest, match=r"every instance must name the same inputs; the first names \['features', 'shift'\]"):
+        invoke(model, orjson.dumps({"instances": [{"features": ROWS[0].tolist(), "shift": 1}, {"features": ROWS[1].tolist()}]}), "application/json")
+    single = servable(artifacts, "saved_model")
+    named = orjson.dumps({"instances": [{"features": row} for row in ROWS.tolist()]})
+    assert invoke(single, named, "application/json") == invoke(single, orjson.dumps(ROWS.tolist()), "application/json")
+
+
 def test_unknown_tf_signature_fails_listing_the_ones_there(artifacts):
     with pytest.raises(ModelFailure, match="serving_default, shifted"):
         Servable.load(artifacts("saved_model").model_dir, replace(SETTINGS, tf_signature="nope"))
