@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from byoc_serve import codecs
 from byoc_serve.errors import BadRequest, ModelFailure
 from model_handlers import devices
 from model_handlers.base import Context, Handler, artifact_bytes, clip_reason, find_artifact, match_named_inputs
@@ -31,6 +32,7 @@ MAX_DEPTH = 3  # <name>/<version>/saved_model.pb and the older export/Servo/<ver
 _FRAMING = ("Graph execution error", "Detected at node", "<stack traces unavailable>")
 _NODE_PREFIX = re.compile(r"^\{\{function_node [^}]*\}\}\s*")
 _OP_SUFFIX = re.compile(r"\s*\[Op:[^\]]*\]$")
+_COLUMNAR = re.compile(rb'\s*\{\s*"inputs"\s*:')  # TF Serving's columnar request; a one-key object (codecs)
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,17 @@ class TensorFlowHandler(Handler):
         model = keras.models.load_model(str(path), compile=False)
         _trace_for_any_batch(model)
         return model
+
+    def handle(self, model: Any, body: bytes, content_type: str, accept: str, context: Context) -> tuple[bytes, str]:
+        """With ``BYOC_TF_RESPONSE=tfserving`` a JSON answer takes TensorFlow Serving's form, so clients of
+        SageMaker's TensorFlow Serving container keep working: ``{"outputs": ...}`` for a columnar
+        ``{"inputs": ...}`` request, ``{"predictions": [one per instance]}`` for anything else."""
+        if context.settings.tf_response != "tfserving" or accept != "application/json" or context.settings.batch:
+            return super().handle(model, body, content_type, accept, context)
+        prediction = self.predict(model, self.decode(body, content_type, context), context)
+        if _COLUMNAR.match(body):
+            return codecs.encode({"outputs": prediction}, accept), accept
+        return codecs.encode({"predictions": _rows(prediction)}, accept), accept
 
     def predict(self, model: Any, data: Any, context: Context) -> Any:
         """Run the model; an InvalidArgumentError from TensorFlow is a 400, as TensorFlow Serving answers it."""
@@ -219,6 +232,13 @@ def _unknown_input(data: Any) -> Any:
         return {name: _unknown_input(value) for name, value in data.items()}
     array = np.asarray(data)
     return array.astype(np.float32) if array.dtype == np.float64 else array
+
+
+def _rows(prediction: Any) -> Any:
+    """Named outputs as one object per instance (TensorFlow Serving's row format); one output as is."""
+    if not isinstance(prediction, dict):
+        return prediction
+    return [dict(zip(prediction, values)) for values in zip(*prediction.values())]
 
 
 def _reason(exc: Any) -> str:

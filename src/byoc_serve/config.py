@@ -18,6 +18,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 BATCH_STRATEGIES = ("SINGLE_RECORD", "MULTI_RECORD")
 REQUIREMENTS_MODES = ("check", "install", "ignore")
+TF_RESPONSES = ("plain", "tfserving")
 
 
 class ConfigError(ValueError):
@@ -51,6 +52,7 @@ class Settings:
     log_ping: bool = False
     device: str = "auto"
     tf_signature: str = "serving_default"
+    tf_response: str = "plain"
     memory_budget_bytes: int | None = None
     memory_reserve_bytes: int = 256 * MIB
     cache_policy: str = "sagemaker"
@@ -176,6 +178,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_ping=_parse(env, "BYOC_LOG_PING", _bool, False),
         device=_parse(env, "BYOC_DEVICE", _choice(DEVICES), "auto"),
         tf_signature=env.get("BYOC_TF_SIGNATURE") or "serving_default",
+        tf_response=_parse(env, "BYOC_TF_RESPONSE", _choice(TF_RESPONSES), "plain"),
         memory_budget_bytes=_parse(env, "BYOC_MEMORY_BUDGET_MB", _megabytes, None),
         memory_reserve_bytes=_parse(env, "BYOC_MEMORY_RESERVE_MB", _megabytes, 256 * MIB),
         cache_policy=_parse(env, "BYOC_CACHE_POLICY", _choice(CACHE_POLICIES), "sagemaker"),

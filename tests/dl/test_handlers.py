@@ -223,6 +223,27 @@ def test_tf_serving_row_format_names_the_inputs_in_every_instance(artifacts):
     assert invoke(single, named, "application/json") == invoke(single, orjson.dumps(ROWS.tolist()), "application/json")
 
 
+def test_tfserving_response_setting_answers_in_tensorflow_servings_form(artifacts):
+    tfserving = replace(SETTINGS, tf_response="tfserving")
+    plain = invoke(servable(artifacts, "saved_model"), orjson.dumps(ROWS.tolist()), "application/json")
+    model = servable(artifacts, "saved_model", tfserving)
+    rows = [{"scores": scores, "label": label} for scores, label in zip(plain["scores"], plain["label"])]
+    for body, content_type in ((orjson.dumps({"instances": ROWS.tolist()}), "application/json"),
+                               (orjson.dumps(ROWS.tolist()), "application/json"),
+                               ("\n".join(",".join(map(str, row)) for row in ROWS.tolist()).encode(), "text/csv")):
+        assert invoke(model, body, content_type) == {"predictions": rows}
+    columnar = orjson.dumps({"inputs": {"features": ROWS.tolist()}})
+    assert invoke(model, columnar, "application/json") == {"outputs": plain}
+    shifted = servable(artifacts, "saved_model", replace(tfserving, tf_signature="shifted"))
+    total = (ROWS.sum(axis=1) + [1, 2, 3]).tolist()
+    answer = invoke(shifted, orjson.dumps({"inputs": {"features": ROWS.tolist(), "shift": [1, 2, 3]}}), "application/json")
+    assert_close(answer["outputs"], total)
+    answer = invoke(shifted, orjson.dumps({"instances": [{"features": r, "shift": s} for r, s in zip(ROWS.tolist(), [1, 2, 3])]}), "application/json")
+    assert_close(answer["predictions"], total)
+    other = Invocation(npy(ROWS), "application/x-npy", accept="application/jsonlines")  # not JSON: as before
+    assert model.invoke(other).body == servable(artifacts, "saved_model").invoke(other).body
+
+
 def test_unknown_tf_signature_fails_listing_the_ones_there(artifacts):
     with pytest.raises(ModelFailure, match="serving_default, shifted"):
         Servable.load(artifacts("saved_model").model_dir, replace(SETTINGS, tf_signature="nope"))

@@ -139,6 +139,17 @@ def test_an_input_tensorflow_rejects_is_a_400_json_error_and_the_server_stays_he
         shutil.rmtree(server.run_dir, ignore_errors=True)
 
 
+def test_tfserving_response_setting_reaches_the_workers(artifacts):
+    server = ServeProcess(artifacts("saved_model").model_dir, {"BYOC_WORKERS": "1", "BYOC_TF_RESPONSE": "tfserving"}).start()
+    try:
+        response = server.post("/invocations", data=orjson.dumps({"instances": ROWS[:2].tolist()}), headers={"Content-Type": "application/json"})
+        assert response.status_code == 200, response.text
+        assert [sorted(row) for row in response.json()["predictions"]] == [["label", "scores"]] * 2
+    finally:
+        server.stop()
+        shutil.rmtree(server.run_dir, ignore_errors=True)
+
+
 def test_sklearn_server_never_imports_a_deep_learning_framework(tmp_path, artifacts):
     model_dir = train_sklearn_classifier(tmp_path / "model")
     server = ServeProcess(model_dir).start()

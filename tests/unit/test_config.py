@@ -43,6 +43,7 @@ def test_sagemaker_variables_are_honoured_and_ours_win():
         ("BYOC_REQUIREMENTS", "always"),
         ("SAGEMAKER_SAFE_PORT_RANGE", "9000"),
         ("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "image/png"),
+        ("BYOC_TF_RESPONSE", "predictions"),
     ],
 )
 def test_invalid_values_name_the_variable(name, value):
