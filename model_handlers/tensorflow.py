@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 from byoc_serve import codecs
 from byoc_serve.errors import BadRequest, ModelFailure
@@ -32,7 +33,8 @@ MAX_DEPTH = 3  # <name>/<version>/saved_model.pb and the older export/Servo/<ver
 _FRAMING = ("Graph execution error", "Detected at node", "<stack traces unavailable>")
 _NODE_PREFIX = re.compile(r"^\{\{function_node [^}]*\}\}\s*")
 _OP_SUFFIX = re.compile(r"\s*\[Op:[^\]]*\]$")
-_COLUMNAR = re.compile(rb'\s*\{\s*"inputs"\s*:')  # TF Serving's columnar request; a one-key object (codecs)
+# TF Serving's columnar request: {"inputs": ...}, perhaps after its "signature_name".
+_COLUMNAR = re.compile(rb'\s*\{\s*(?:"signature_name"\s*:\s*"[^"]*"\s*,\s*)?"inputs"\s*:')
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,12 @@ class TensorFlowHandler(Handler):
         if _COLUMNAR.match(body):
             return codecs.encode({"outputs": prediction}, accept), accept
         return codecs.encode({"predictions": _rows(prediction)}, accept), accept
+
+    def decode(self, body: bytes, content_type: str, context: Context) -> Any:
+        """TensorFlow Serving's ``"signature_name"`` may come with the data: it must name the signature served."""
+        if b'"signature_name"' in body and codecs.parse_media_type(content_type) == "application/json":
+            body = _without_signature_name(body, context.settings.tf_signature)
+        return super().decode(body, content_type, context)
 
     def predict(self, model: Any, data: Any, context: Context) -> Any:
         """Run the model; an InvalidArgumentError from TensorFlow is a 400, as TensorFlow Serving answers it."""
@@ -232,6 +240,20 @@ def _unknown_input(data: Any) -> Any:
         return {name: _unknown_input(value) for name, value in data.items()}
     array = np.asarray(data)
     return array.astype(np.float32) if array.dtype == np.float64 else array
+
+
+def _without_signature_name(body: bytes, served: str) -> bytes:
+    """The request without its ``"signature_name"``; a 400 when it names another signature than ``served``."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body  # the codec says what is wrong with it
+    if not isinstance(value, dict) or "signature_name" not in value:
+        return body
+    asked = value.pop("signature_name")
+    if asked != served:
+        raise BadRequest(f"this endpoint serves signature {served!r} (BYOC_TF_SIGNATURE); the request asks for {asked!r}")
+    return orjson.dumps(value)
 
 
 def _rows(prediction: Any) -> Any:

@@ -232,8 +232,8 @@ def test_tfserving_response_setting_answers_in_tensorflow_servings_form(artifact
                                (orjson.dumps(ROWS.tolist()), "application/json"),
                                ("\n".join(",".join(map(str, row)) for row in ROWS.tolist()).encode(), "text/csv")):
         assert invoke(model, body, content_type) == {"predictions": rows}
-    columnar = orjson.dumps({"inputs": {"features": ROWS.tolist()}})
-    assert invoke(model, columnar, "application/json") == {"outputs": plain}
+    for columnar in ({"inputs": {"features": ROWS.tolist()}}, {"signature_name": "serving_default", "inputs": {"features": ROWS.tolist()}}):
+        assert invoke(model, orjson.dumps(columnar), "application/json") == {"outputs": plain}
     shifted = servable(artifacts, "saved_model", replace(tfserving, tf_signature="shifted"))
     total = (ROWS.sum(axis=1) + [1, 2, 3]).tolist()
     answer = invoke(shifted, orjson.dumps({"inputs": {"features": ROWS.tolist(), "shift": [1, 2, 3]}}), "application/json")
@@ -242,6 +242,15 @@ def test_tfserving_response_setting_answers_in_tensorflow_servings_form(artifact
     assert_close(answer["predictions"], total)
     other = Invocation(npy(ROWS), "application/x-npy", accept="application/jsonlines")  # not JSON: as before
     assert model.invoke(other).body == servable(artifacts, "saved_model").invoke(other).body
+
+
+def test_a_request_may_name_the_signature_served_and_no_other(artifacts):
+    model = servable(artifacts, "saved_model")
+    plain = invoke(model, orjson.dumps({"instances": ROWS.tolist()}), "application/json")
+    named = orjson.dumps({"signature_name": "serving_default", "instances": ROWS.tolist()})
+    assert invoke(model, named, "application/json") == plain
+    with pytest.raises(BadRequest, match=r"serves signature 'serving_default' \(BYOC_TF_SIGNATURE\); the request asks for 'shifted'"):
+        invoke(model, orjson.dumps({"signature_name": "shifted", "inputs": {"features": ROWS.tolist()}}), "application/json")
 
 
 def test_unknown_tf_signature_fails_listing_the_ones_there(artifacts):
