@@ -133,7 +133,8 @@ def match_named_inputs(specs: tuple[Any, ...], data: Any) -> list[tuple[Any, Any
     inputs or for TensorFlow Serving's row format (one object per instance), positionally when the
     model takes a single input."""
     names = [spec.name for spec in specs]
-    if isinstance(data, list) and data and all(isinstance(row, dict) for row in data):
+    # {"b64": ...} is one binary value in TF Serving's JSON, not an input named b64.
+    if isinstance(data, list) and data and all(isinstance(row, dict) and row.keys() != {"b64"} for row in data):
         data = _columns(data)
     if isinstance(data, dict):
         missing = [n for n in names if n not in data]

@@ -283,8 +283,9 @@ def test_an_input_tensorflow_rejects_is_a_400_with_its_reason(tmp_path):
         assert isinstance(info.value.__cause__, tf.errors.InvalidArgumentError)
     model = Servable.load(tmp_path / "examples", SETTINGS)
     example = tf.train.Example(features=tf.train.Features(feature={"x": tf.train.Feature(float_list=tf.train.FloatList(value=[1.5]))}))
-    good = orjson.dumps({"instances": [{"b64": base64.b64encode(example.SerializeToString()).decode()}]})
-    assert invoke(model, good, "application/json") == [[3.0]]
+    encoded = {"b64": base64.b64encode(example.SerializeToString()).decode()}
+    for good in ({"instances": [encoded]}, {"instances": [{"examples": encoded}]}):  # a bare value, a named one
+        assert invoke(model, orjson.dumps(good), "application/json") == [[3.0]]
     with pytest.raises(BadRequest, match=r"^TensorFlow rejected the input: Could not parse example input, value: 'garbage'$"):
         invoke(model, orjson.dumps({"instances": ["garbage"]}), "application/json")
 
