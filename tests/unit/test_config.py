@@ -1,11 +1,13 @@
 import re
+import shutil
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
 from byoc_serve.config import MIB, ConfigError, load_settings
-from byoc_serve.nginx_conf import render_nginx_conf
+from byoc_serve.nginx_conf import render_nginx_conf, worker_servers, write_nginx_conf
 
 
 def test_defaults_fit_a_real_time_endpoint():
@@ -69,6 +71,20 @@ def test_one_timeout_and_one_payload_limit_reach_nginx():
     assert f"client_max_body_size {3 * MIB};" in conf
     assert "server unix:/x/workers/0.sock" in conf and "server unix:/x/workers/1.sock" not in conf
     assert "{{" not in conf
+
+
+def test_every_worker_is_a_ranked_primary_and_a_backup_and_nginx_accepts_the_weights(tmp_path):
+    """Up to 5 slots rank strictly (10,000 : 1 each), later ones tie; nginx parses the largest weight."""
+    servers = worker_servers(Path("/r"), 7)
+    weights = [int(re.search(r"weight=(\d+)", line).group(1)) for line in servers[:7]]
+    assert weights == [10_000**4, 10_000**3, 10_000**2, 10_000, 1, 1, 1]
+    assert all("max_conns=1" in line and "max_fails=1" in line for line in servers[:7])
+    assert servers[7:] == [f"server unix:/r/workers/{slot}.sock backup max_fails=0;" for slot in range(7)]
+    settings = load_settings({"BYOC_RUN_DIR": str(tmp_path), "BYOC_WORKERS": "7", "SAGEMAKER_BIND_TO_PORT": "18123"})
+    conf = write_nginx_conf(settings)
+    checked = subprocess.run([shutil.which("nginx") or "/usr/sbin/nginx", "-t", "-c", str(conf), "-e", str(tmp_path / "error.log")],
+                             capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr
 
 
 def test_unknown_template_placeholder_is_an_error():
