@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import orjson
 
@@ -34,15 +34,25 @@ class ModelSlot:
         self.name = name
 
 
-def invocation(environ: dict, body: bytes, rid: str) -> Invocation:
-    """The HTTP-free request the pipeline sees, from a WSGI environ and the body already read."""
+# The request headers the route reads, by field name (lower-case) and by WSGI environ key.
+ROUTE_FIELDS = (
+    ("content-type", "CONTENT_TYPE"),
+    ("accept", "HTTP_ACCEPT"),
+    ("x-request-id", "HTTP_X_REQUEST_ID"),
+    ("x-amzn-sagemaker-custom-attributes", "HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES"),
+    ("x-amzn-sagemaker-target-model", "HTTP_X_AMZN_SAGEMAKER_TARGET_MODEL"),
+)
+
+
+def invocation(fields: Mapping[str, str], body: bytes, rid: str) -> Invocation:
+    """The HTTP-free request the pipeline sees, from the header fields and the body already read."""
     return Invocation(
         body=body,
-        content_type=environ.get("CONTENT_TYPE"),
-        accept=environ.get("HTTP_ACCEPT"),
-        custom_attributes=environ.get("HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES"),
+        content_type=fields.get("content-type"),
+        accept=fields.get("accept"),
+        custom_attributes=fields.get("x-amzn-sagemaker-custom-attributes"),
         request_id=rid,
-        target_model=environ.get("HTTP_X_AMZN_SAGEMAKER_TARGET_MODEL"),
+        target_model=fields.get("x-amzn-sagemaker-target-model"),
     )
 
 
@@ -58,10 +68,13 @@ def error_body(exc: BaseException, rid: str, model_name: str | None) -> tuple[in
 
 
 class InvokeRoute:
-    """``POST <path>`` answered straight from the WSGI environ; every other request goes to ``fallback``.
+    """``<path>`` answered without Flask; every other path of a WSGI request goes to ``fallback``.
 
     Flask's request and response objects cost about a quarter of a worker's CPU on a one-row request
-    (py-spy, issue 2's benchmark), and inference is the only hot route, so it does without them.
+    (py-spy, issue 2's benchmark), and inference is the only hot route, so it does without them. A
+    LoopWorker calls ``respond`` with the header fields it framed, without building a WSGI environ
+    (in a worker's loop that was ~7 µs of a ~90 µs one-row request); gthread workers and model hosts
+    come through ``__call__``. Both answer through ``respond``.
     """
 
     def __init__(self, path: str, slot: ModelSlot, fallback: WSGIApp, max_payload_bytes: int):
@@ -73,29 +86,39 @@ class InvokeRoute:
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if environ.get("PATH_INFO") != self.path:
             return self.fallback(environ, start_response)
-        rid = environ.get("HTTP_X_REQUEST_ID") or uuid.uuid4().hex
+        fields = {name: environ[key] for name, key in ROUTE_FIELDS if key in environ}
+        status, headers, body = self.respond(environ.get("REQUEST_METHOD", ""), fields, lambda: self.read_body(environ))
+        start_response(status, headers)
+        return [body]
+
+    def respond(
+        self, method: str, fields: Mapping[str, str], read_body: Callable[[], bytes]
+    ) -> tuple[str, list[tuple[str, str]], bytes]:
+        """Status line, headers and body for one request; any failure is answered with the JSON envelope."""
+        rid = fields.get("x-request-id") or uuid.uuid4().hex
         headers: list[tuple[str, str]] = []
         try:
-            if environ.get("REQUEST_METHOD") != "POST":
+            if method != "POST":
                 headers.append(("Allow", "POST"))
                 raise ServingError(f"{self.path} accepts POST only", status=405, kind="method_not_allowed")
-            status, body, content_type = self.answer(environ, rid, headers)
+            status, body, content_type = self.answer(fields, read_body, rid, headers)
         except Exception as exc:
             status, body = error_body(exc, rid, self.slot.name)
             content_type = "application/json"
         if body or status != 204:
             headers += [("Content-Type", content_type), ("Content-Length", str(len(body)))]
-        start_response(status_line(status), headers)
-        return [body]
+        return status_line(status), headers, body
 
-    def answer(self, environ: dict, rid: str, headers: list[tuple[str, str]]) -> tuple[int, bytes, str]:
+    def answer(
+        self, fields: Mapping[str, str], read_body: Callable[[], bytes], rid: str, headers: list[tuple[str, str]]
+    ) -> tuple[int, bytes, str]:
         servable = self.slot.servable
         if servable is None:
             raise NotReady("the model is not loaded yet")
-        body = self.read_body(environ)
+        body = read_body()
         if not body:
             return 204, b"", ""
-        result = servable.invoke(invocation(environ, body, rid))
+        result = servable.invoke(invocation(fields, body, rid))
         if result.custom_attributes:
             headers.append((CUSTOM_ATTRIBUTES, result.custom_attributes))
         return 200, result.body, result.content_type

@@ -4,8 +4,9 @@ gunicorn's ``sync`` worker closes the connection after every request; its ``gthr
 it, but hands every request from a polling thread to a pool thread and back (measured here: that
 round trip is about a third of a worker's CPU per small request). This worker polls its listener
 and its kept-alive connections itself and serves each request inline, in the polling thread. It
-frames requests and writes responses with ``byoc_serve.http1`` rather than gunicorn's HTTP classes;
-gunicorn still runs the processes (fork, heartbeat, signals, replacement).
+frames requests and writes responses with ``byoc_serve.http1`` rather than gunicorn's HTTP classes,
+and hands ``/invocations`` to its route without a WSGI environ; gunicorn still runs the processes
+(fork, heartbeat, signals, replacement).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from gunicorn import util
 from gunicorn.workers.base import Worker
 
 from byoc_serve import http1
+from byoc_serve.app import InvokeRoute
 from byoc_serve.errors import ServingError
 
 log = logging.getLogger("byoc_serve.loop_worker")
@@ -49,6 +51,8 @@ class LoopWorker(Worker):
 
     def run(self) -> None:
         self.max_body = self.app.settings.max_payload_bytes
+        # The single-model app: its route answers from the framed request, without a WSGI environ.
+        self.route = self.wsgi if isinstance(self.wsgi, InvokeRoute) else None
         self.selector = selectors.DefaultSelector()
         for listener in self.sockets:
             listener.setblocking(False)
@@ -119,12 +123,18 @@ class LoopWorker(Worker):
             self.refuse(conn, ServingError("internal error; see the server log"))
 
     def respond(self, conn: Connection, request: http1.Request) -> bool:
-        """Run the WSGI app for ``request`` and send its answer; True when the connection stays open."""
+        """Answer ``request`` (by the route, else the WSGI app); True when the connection stays open."""
         self.nr += 1
         if self.nr >= self.max_requests:
             log.info("Autorestarting worker after current request.")
             self.alive = False
-        response, keep = http1.run_app(self.wsgi, request, keep_alive=self.alive)
+        head = request.head
+        if self.route is not None and head.target == self.route.path:
+            keep = head.keep_alive and self.alive
+            status, headers, body = self.route.respond(head.method, head.fields, lambda: request.body)
+            response = http1.response_bytes(status, headers, body, keep, head.method == "HEAD")
+        else:
+            response, keep = http1.run_app(self.wsgi, request, keep_alive=self.alive)
         conn.sock.sendall(response)
         return keep
 

@@ -28,7 +28,13 @@ def test_a_request_as_nginx_sends_it():
     head = request.head
     assert (head.method, head.target, head.version, head.keep_alive) == ("POST", "/invocations", "HTTP/1.1", True)
     assert request.body == b"1,2,3,4"
-    assert ("x-request-id", "abc") in head.headers
+    assert (head.fields["x-request-id"], head.length) == ("abc", 7)
+
+
+def test_a_repeated_header_is_one_field_and_a_repeated_equal_length_is_one_length():
+    [request] = read_all(b"POST / HTTP/1.1\r\nAccept: a\r\nAccept: b\r\nContent-Length: 2\r\nContent-Length: 02\r\n\r\nok")
+    assert request.head.fields["accept"] == "a,b"
+    assert request.body == b"ok"
 
 
 def test_bytes_arriving_one_at_a_time_make_one_request_once_whole():
@@ -92,6 +98,7 @@ def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_limit():
     [
         b"THIS IS NOT HTTP\r\n\r\n",
         b"POST /x HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+        b"POST /x HTTP/1.1\r\nContent-Length: 3, 4\r\n\r\n",
         b"POST /x HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
         b"POST /x HTTP/1.1\r\nContent-Length: +3\r\n\r\n",
         b"POST /x HTTP/1.1\r\nContent-Length: \xb3\r\n\r\n",
@@ -102,7 +109,7 @@ def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_limit():
         b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXY",
     ],
-    ids=["not-http", "two-lengths", "length-and-chunked", "signed-length", "non-ascii-digit", "space-before-colon",
+    ids=["not-http", "two-lengths", "a-list-of-two-lengths", "length-and-chunked", "signed-length", "non-ascii-digit", "space-before-colon",
          "folded-header", "bare-lf", "relative-target", "bad-chunk-size", "chunk-without-crlf"],
 )
 def test_anything_that_could_be_framed_two_ways_is_a_400(raw):
