@@ -133,12 +133,19 @@ def test_what_a_worker_cannot_read_gets_its_own_status(raw, status):
 
 @pytest.mark.parametrize(
     ("version", "connection", "keep"),
-    [("HTTP/1.1", None, True), ("HTTP/1.1", "close", False), ("HTTP/1.0", None, False), ("HTTP/1.0", "Keep-Alive", True)],
+    [("HTTP/1.1", None, True), ("HTTP/1.1", "close", False), ("HTTP/1.0", None, False), ("HTTP/1.0", "Keep-Alive", True),
+     ("HTTP/1.1", "keep-alive\r\nConnection: close", False), ("HTTP/1.1", "close\r\nConnection: keep-alive", False)],
 )
 def test_whether_the_connection_stays_open(version, connection, keep):
     header = f"Connection: {connection}\r\n" if connection else ""
     [request] = read_all(f"GET / {version}\r\n{header}\r\n".encode())
     assert request.head.keep_alive is keep
+
+
+def test_a_repeated_expect_continue_is_still_expected():
+    reader = RequestReader(LIMIT)
+    reader.feed(b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n")
+    assert reader.next_request() is None and reader.needs_continue()
 
 
 def test_expect_continue_is_answered_once_before_the_body():
