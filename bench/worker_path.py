@@ -32,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import python_floor  # noqa: E402
+import byoc_serve  # noqa: E402
 from serving import csv_payload, train_model  # noqa: E402
 
 from byoc_serve import http1  # noqa: E402
@@ -122,8 +123,6 @@ def main(argv: list[str] | None = None) -> int:
             for name, answer in answers.items():
                 medians[name].append(per_call_us(answer, request, args.calls, args.sleep_us / 1e6))
     best = {name: min(values) for name, values in medians.items()}
-    import byoc_serve
-
     print(f"byoc_serve from {Path(byoc_serve.__file__).parent}; sleep {args.sleep_us:g} µs before each call")
     for name, values in medians.items():
         print(f"  {name:13s} {best[name]:6.1f} µs per request  (round medians {', '.join(f'{v:.1f}' for v in values)})")
