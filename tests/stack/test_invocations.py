@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import shutil
 import socket
+import time
 import zipfile
 
 import joblib
@@ -244,6 +245,19 @@ def test_requests_nginx_cannot_read_get_json_not_html(server, request_bytes, sta
     assert headers["content-type"] == "application/json"
     error = orjson.loads(body)
     assert error["code"] == status and error["error"] and error["request_id"]
+    server.assert_healthy(GOOD)
+
+
+def test_the_app_answers_with_the_request_id_nginx_logged(server):
+    """nginx's $request_id reaches the worker (proxy headers set once for the server), so the app's
+    error, its log and nginx's access line name the same request."""
+    refused = post(server, b"not,a,number\n", "text/csv")
+    assert refused.status_code == 400
+    rid = refused.json()["request_id"]
+    deadline = time.monotonic() + 5  # the access log is flushed at least once a second
+    while f"request_id={rid}" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert f'"POST /invocations HTTP/1.1" 400' in server.log() and f"request_id={rid}" in server.log()
     server.assert_healthy(GOOD)
 
 
