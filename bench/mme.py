@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -26,7 +27,7 @@ import psutil
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from harness import ServeProcess, train_sklearn_classifier  # noqa: E402
+from harness import ServeProcess, scratch_root, train_sklearn_classifier  # noqa: E402
 
 import serving  # noqa: E402  (bench/serving.py: the wrk driver)
 
@@ -250,6 +251,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="length of the Zipf run")
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients in the Zipf run")
     args = parser.parse_args()
+    try:
+        run(args)
+    finally:
+        shutil.rmtree(scratch_root(), ignore_errors=True)  # every server's run dir and log
+
+
+def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="byoc-bench-mme-") as tmp:
         models = make_models(Path(tmp), 200)
         print(f"cores={psutil.cpu_count()} models: LogisticRegression on 4 features ({(models[0] / 'model.joblib').stat().st_size} B artifact)")

@@ -4,7 +4,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from harness import ServeProcess
+from harness import ServeProcess, scratch_root
 
 
 @pytest.fixture
@@ -22,6 +22,18 @@ def serve_factory() -> Iterator[Callable[..., ServeProcess]]:
         server.stop()
         shutil.rmtree(server.run_dir, ignore_errors=True)
         server.log_path.unlink(missing_ok=True)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if exitstatus == 0:
+        shutil.rmtree(scratch_root(), ignore_errors=True)
+    elif not any(scratch_root().iterdir()):
+        scratch_root().rmdir()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int) -> None:  # type: ignore[no-untyped-def]
+    if exitstatus != 0 and scratch_root().exists():
+        terminalreporter.write_line(f"run dirs and serve logs kept in {scratch_root()}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

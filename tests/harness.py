@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -25,6 +26,23 @@ def free_port() -> int:
 
 
 NOBODY = 65534
+
+
+@functools.cache
+def scratch_root() -> Path:
+    """This process's one directory in /tmp for what a test makes outside tmp_path (run dirs, logs).
+
+    World-searchable, so nginx's workers (user nobody) reach the sockets inside; conftest removes it
+    when the session passes and keeps it, named in the summary, when a test failed.
+    """
+    root = Path(tempfile.mkdtemp(prefix="byoc-tests-"))
+    root.chmod(0o755)
+    return root
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A new directory (mode 0700) under ``scratch_root()``."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=scratch_root()))
 
 
 def wait_for_ping(url: str, timeout: float, alive=lambda: True) -> bool:
@@ -63,7 +81,7 @@ class ServeProcess:
                  command: tuple[str, ...] = (SERVE,)):
         self.command = command
         self.port = free_port()
-        self.run_dir = Path(tempfile.mkdtemp(prefix="byoc-run-"))
+        self.run_dir = scratch_dir("run-")
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
             **os.environ,

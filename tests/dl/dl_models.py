@@ -13,6 +13,8 @@ from typing import Callable
 
 import numpy as np
 
+from harness import scratch_dir
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 Reference = Callable[[np.ndarray], np.ndarray]
@@ -59,11 +61,10 @@ def predict_fn(input_data, model):
 def torch_net():
     """TORCH_INFERENCE_PY's Net with fixed weights (imported from a real file: torch.jit.script reads the source)."""
     import importlib.util
-    import tempfile
 
     import torch
 
-    source = Path(tempfile.mkdtemp(prefix="dl-net-")) / "inference_net.py"
+    source = scratch_dir("torch-net-") / "inference_net.py"
     source.write_text(TORCH_INFERENCE_PY)
     spec = importlib.util.spec_from_file_location("inference_net", source)
     module = importlib.util.module_from_spec(spec)

@@ -6,19 +6,18 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 import requests
 
-from harness import NOBODY, SERVE, as_nobody, free_port, wait_for_ping
+from harness import NOBODY, SERVE, as_nobody, free_port, scratch_dir, wait_for_ping
 from mme_support import CSV, sklearn_model, tarball
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to an unprivileged user")
 def test_multi_model_serve_runs_as_an_unprivileged_user():
-    base = Path(tempfile.mkdtemp(prefix="byoc-mme-nobody-"))
+    base = scratch_dir("mme-nobody-")
     os.chmod(base, 0o755)
     model = sklearn_model(base / "model")
     archive = tarball(model, base / "model.tar.gz")

@@ -7,7 +7,6 @@ import re
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +16,8 @@ import psutil
 import pytest
 import requests
 
-from harness import HUGE_FRAME_PICKLE, ServeProcess, add_code, build_wheel, sleep_request, slow_model, train_sklearn_classifier
+from harness import (HUGE_FRAME_PICKLE, ServeProcess, add_code, build_wheel, scratch_dir, sleep_request, slow_model,
+                     train_sklearn_classifier)
 
 def test_ping_is_503_with_a_reason_until_loaded_then_200(serve_factory, tmp_path):
     server = serve_factory(slow_model(tmp_path), {"TEST_LOAD_SECONDS": "2"}, wait_ready=False)
@@ -258,7 +258,7 @@ def test_log_level_debug_shows_pip_output_and_error_hides_warnings(serve_factory
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="nginx drops to user nobody only when serve runs as root")
 def test_run_dir_nginx_workers_cannot_reach_is_a_config_error_naming_the_variable(tmp_path):
-    private = Path(tempfile.mkdtemp(prefix="byoc-private-"))  # mode 0700, under the world-searchable /tmp
+    private = scratch_dir("private-")  # mode 0700, under a world-searchable root
     server = ServeProcess(train_sklearn_classifier(tmp_path / "m"), {"BYOC_RUN_DIR": str(private / "run")})
     server.start(wait_ready=False)
     try:

@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
-from harness import ServeProcess, model_needing_a_package, train_sklearn_classifier
+from harness import ServeProcess, model_needing_a_package, scratch_dir, train_sklearn_classifier
 
 ROW = {"data": "0.5,1.0,-0.3,2.0", "headers": {"Content-Type": "text/csv"}}
 
@@ -15,7 +14,7 @@ ROW = {"data": "0.5,1.0,-0.3,2.0", "headers": {"Content-Type": "text/csv"}}
 def test_install_mode_installs_what_is_missing_and_a_restart_reuses_it(tmp_path):
     # scikit-learn is in the image: only the missing package is installed (offline, no index needed).
     model = model_needing_a_package(tmp_path / "model", "byoc-fixture-dep==1.0\nscikit-learn  # the image has it\n")
-    run_dir = Path(tempfile.mkdtemp(prefix="byoc-run-"))  # nginx's workers cannot reach into tmp_path
+    run_dir = scratch_dir("run-")  # nginx's workers cannot reach into tmp_path
     try:
         for attempt in ("fresh", "restart"):
             server = ServeProcess(model, {"BYOC_REQUIREMENTS": "install", "BYOC_RUN_DIR": str(run_dir)})

@@ -6,18 +6,17 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 import requests
 
-from harness import NOBODY, SERVE, as_nobody, free_port, train_sklearn_classifier, wait_for_ping
+from harness import NOBODY, SERVE, as_nobody, free_port, scratch_dir, train_sklearn_classifier, wait_for_ping
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to an unprivileged user")
 def test_serve_runs_as_an_unprivileged_user():
-    base = Path(tempfile.mkdtemp(prefix="byoc-nobody-"))
+    base = scratch_dir("nobody-")
     os.chmod(base, 0o755)
     model_dir = train_sklearn_classifier(base / "model")
     for path in (model_dir, *model_dir.iterdir()):

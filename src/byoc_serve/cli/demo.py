@@ -24,7 +24,8 @@ HELP = "run the demo: start `serve --demo`, send a CSV sample, print the predict
 DESCRIPTION = """\
 Start the real stack (nginx + gunicorn + the Flask app, via `serve --demo`) on this machine with
 the bundled iris classifier, wait for /ping, POST a two-row CSV to /invocations, print the
-prediction and stop the stack with SIGTERM. --keep leaves it serving until Ctrl-C. No Docker needed.
+prediction, stop the stack with SIGTERM and remove its run directory (unless BYOC_RUN_DIR names
+one). --keep leaves it serving until Ctrl-C. No Docker needed.
 Exit codes: 0 prediction received, 1 the stack did not become ready or answer, 3 serve not found."""
 
 
@@ -47,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
     command = [_serve_program(), "--demo"]
     env = {**os.environ, "SAGEMAKER_BIND_TO_PORT": str(port)}
     env.pop("BYOC_MODEL_DIR", None)
+    own_run_dir = not env.get("BYOC_RUN_DIR")
+    if own_run_dir:  # else serve's default, /tmp/byoc-serve-PORT, would stay behind after every demo
+        env["BYOC_RUN_DIR"] = tempfile.mkdtemp(prefix="byoc-demo-")
     say(f"demo: starting {' '.join(command)} on {base}")
     log = sys.stderr if args.verbose else tempfile.TemporaryFile()
     stack = subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
@@ -70,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
         _stop(stack)
         if log is not sys.stderr:
             log.close()
+        if own_run_dir:
+            shutil.rmtree(env["BYOC_RUN_DIR"], ignore_errors=True)
     return OK
 
 
