@@ -106,6 +106,28 @@ def test_stray_wheels_paths_in_the_context_root_stay_out(tmp_path):
     assert files == {"wheels/torch-2.13.0+cpu-cp311-none-any.whl"}
 
 
+def test_local_build_output_stays_out_of_the_context(tmp_path):
+    # `pip install .` leaves build/lib behind, and the image's own `pip install` packages whatever is
+    # there: a module deleted from src/ would still ship in the image.
+    root = tmp_path / "checkout"
+    (root / "src" / "byoc_serve").mkdir(parents=True)
+    (root / "Dockerfile").write_text("FROM scratch\n")
+    (root / ".dockerignore").write_text((REPO / ".dockerignore").read_text())
+    (root / "src" / "byoc_serve" / "app.py").write_text("current")
+    for stray in ("build/lib/byoc_serve/deleted.py", "dist/byoc_serve-0.1.0.tar.gz", "byoc_serve.egg-info/PKG-INFO",
+                  "src/byoc_serve.egg-info/PKG-INFO"):
+        (root / stray).parent.mkdir(parents=True, exist_ok=True)
+        (root / stray).write_text("stale")
+    out = tmp_path / "context.tar"
+
+    with out.open("wb") as f:
+        build.write_context(root, "Dockerfile", None, None, f)
+
+    with tarfile.open(out) as tar:
+        files = {m.name for m in tar.getmembers() if m.isfile()}
+    assert files == {"Dockerfile", ".dockerignore", "src/byoc_serve/app.py"}
+
+
 def test_missing_requirements_file_is_a_usage_error(tmp_path, capsys):
     assert main(["build", "--context", str(REPO), "--requirements", str(tmp_path / "requirements.txt")]) == USAGE
     assert "is not a file" in capsys.readouterr().err
