@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import sys
 from types import ModuleType
 
 from byoc_serve.config import Settings
@@ -26,12 +25,6 @@ def import_framework(module: str, extra: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as exc:
         raise ImportError(f"{module} is not installed (or fails to import: {exc}): pip install 'byoc-serve[{extra}]'") from exc
-
-
-def cuda_initialized() -> bool:
-    """Whether this process already holds a CUDA context (then it must not fork). Imports nothing."""
-    torch = sys.modules.get("torch")
-    return bool(torch is not None and torch.cuda.is_initialized())
 
 
 def _choose(settings: Settings, framework: str, cuda_available: bool) -> str:
