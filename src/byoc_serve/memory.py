@@ -11,7 +11,7 @@ import psutil
 
 from byoc_serve.config import MIB, Settings
 from byoc_serve.errors import InsufficientMemory
-from model_handlers.base import Handler, artifact_bytes
+from model_handlers.base import Handler
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 OVERCOMMIT_MODE = Path("/proc/sys/vm/overcommit_memory")
@@ -90,15 +90,15 @@ def estimate_bytes(model_dir: Path, settings: Settings) -> tuple[int, str]:
     from byoc_serve.selection import framework_installed, handler_classes
 
     classes = handler_classes()
-    chosen: type[Handler] = Handler
+    chosen = Handler()
     if settings.handler in classes:
-        chosen = classes[settings.handler]
+        chosen = classes[settings.handler]()
     else:
         for cls in classes.values():
-            if framework_installed(cls) and cls().can_load(model_dir):
-                chosen = cls
+            if framework_installed(cls) and (candidate := cls()).can_load(model_dir):
+                chosen = candidate
                 break
-    return int(artifact_bytes(model_dir) * chosen.memory_factor), chosen.name
+    return chosen.estimate_bytes(model_dir), chosen.name
 
 
 def process_footprint(pid: int) -> int:

@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 import dl_models
+from byoc_serve import memory
 from byoc_serve.config import Settings
 from byoc_serve.errors import BadRequest, ModelFailure, NotAcceptable
 from byoc_serve.selection import HandlerUnavailable, select_handler
@@ -409,6 +410,8 @@ def test_estimate_bytes_scales_the_artifact_size_by_the_measured_factor(artifact
         assert handler.estimate_bytes(artifacts(name).model_dir) == int(size(name) * handler.memory_factor) > size(name)
     keras = TensorFlowHandler().estimate_bytes(artifacts("keras").model_dir)
     assert keras == int(size("keras") * TensorFlowHandler.keras_memory_factor) > 5 * size("keras")
+    # The multi-model admission estimate (nothing loaded yet, the handler sniffed) asks the handler too.
+    assert memory.estimate_bytes(artifacts("keras").model_dir, Settings()) == (keras, "tensorflow")
 
 
 def test_serving_a_sklearn_model_imports_no_deep_learning_framework(tmp_path):
