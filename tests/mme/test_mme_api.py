@@ -135,6 +135,16 @@ def test_body_without_model_name_or_url_returns_400(mme, canary):
     assert_healthy(mme, canary)
 
 
+def test_load_body_is_json_whatever_its_content_type(mme, canary, tmp_path):
+    # `curl -X POST .../models -d '{...}'` (the README's example) sends application/x-www-form-urlencoded.
+    body = '{"model_name": "curl-style", "url": "%s"}' % sklearn_model(tmp_path / "m")
+    response = mme.post("/models", data=body, headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 200, response.text
+    assert mme.post("/models/curl-style/invoke", **CSV).status_code == 200
+    assert mme.delete("/models/curl-style").status_code == 200
+    assert_healthy(mme, canary)
+
+
 def test_unknown_model_gets_404_json_on_get_delete_and_invoke(mme, canary):
     for response in (mme.get("/models/unknown"), mme.delete("/models/unknown"), mme.post("/models/unknown/invoke", **CSV)):
         assert response.status_code == 404

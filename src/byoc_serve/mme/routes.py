@@ -34,7 +34,8 @@ def create_mme_app(settings: Settings) -> Flask:
 
     @app.post("/models")
     def load_model() -> Response:
-        body = request.get_json(silent=True)
+        # Whatever the Content-Type: `curl -d` labels the JSON a form, and the body is the contract.
+        body = request.get_json(force=True, silent=True)
         if not isinstance(body, dict):
             raise BadRequest('the body must be JSON: {"model_name": "...", "url": "..."}')
         name, url = body.get("model_name"), body.get("url")
