@@ -1,8 +1,8 @@
 """The HTTP server of a model host: ``POST /invoke`` on the model's own unix socket.
 
 nginx cannot keep connections alive to a socket path chosen per request, so every request comes on
-a new connection. The main thread accepts; a pool of ``BYOC_THREADS`` threads serves the
-connections, so requests for one model overlap in its process. Requests are framed and answered
+a new connection. Each of ``BYOC_THREADS`` threads accepts on the socket and serves the connection
+it got, so requests for one model overlap in its process. Requests are framed and answered
 with ``byoc_serve.http1``, like a LoopWorker's; werkzeug's development server, used before, parsed
 headers with the email package and started a thread per connection.
 """
