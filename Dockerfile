@@ -5,7 +5,8 @@
 #
 # Written for the classic builder (no BuildKit-only syntax) so a plain build gives a single-arch
 # Docker v2 image, the only manifest type SageMaker CreateModel accepts. `byoc build` does this.
-# Wheels placed in ./wheels/ (e.g. a CPU torch wheel) are preferred by pip during the build.
+# A torch wheel placed in ./wheels/ is installed instead of the index's; other wheels there are
+# offered to pip with --find-links (a newer version on the index still wins).
 # `byoc build --requirements FILE` adds FILE as wheels/requirements.txt, pip-installed after the deps
 # and constrained to the versions they installed, so a conflicting pin fails the build.
 ARG BASE_IMAGE=python:3.11-slim
