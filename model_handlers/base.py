@@ -112,11 +112,12 @@ class Handler:
         return int(artifact_bytes(model_dir) * self.memory_factor)
 
 
-def rejected_input(framework: str, exc: ValueError) -> BadRequest:
+def rejected_input(framework: str, exc: ValueError | TypeError) -> BadRequest:
     """A 400 carrying the framework's own complaint about a request's data (its first line).
 
     For handlers whose predict runs only framework code: the warm-up prediction showed the model
-    works on well-formed input, so a ValueError there is the request's fault.
+    works on well-formed input, so a ValueError or TypeError (a JSON null among the numbers, a
+    datetime array) there is the request's fault.
     """
     lines = str(exc).strip().splitlines() or [type(exc).__name__]
     reason = _NATIVE_PREFIX.sub("", lines[0]).rstrip(":")  # sklearn's first line may end "instead:"

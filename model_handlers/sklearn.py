@@ -46,7 +46,7 @@ class SklearnHandler(Handler):
             raise BadRequest(f"this model has no {method}(); choose one of {available_methods(model)}")
         try:
             return predict(data)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             raise rejected_input(framework_of(model), exc) from exc
 
 

@@ -59,7 +59,7 @@ class XGBoostHandler(Handler):
 
                 return model.predict(xgboost.DMatrix(data))
             return model.inplace_predict(data)
-        except ValueError as exc:  # XGBoostError is one
+        except (ValueError, TypeError) as exc:  # XGBoostError is a ValueError
             raise rejected_input("XGBoost", exc) from exc
 
 

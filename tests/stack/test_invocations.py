@@ -137,8 +137,11 @@ def test_malformed_body_is_400_json(server, body, content_type):
         (b'"hello"', "application/json", "Expected 2D array, got scalar array instead"),
         (npy(np.ones((1, 4, 2))), "application/x-npy", "Found array with dim 3"),
         (npy(np.ones((0, 4))), "application/x-npy", "Found array with 0 sample(s)"),
+        (b"[[null, 1, 2, 3]]", "application/json", "unsupported operand type(s)"),
+        (b'[[{"a": 1}, 1, 2, 3]]', "application/json", "unsupported operand type(s)"),
+        (npy(np.zeros((1, 4), dtype="M8[s]")), "application/x-npy", "did not contain a loop with signature matching types"),
     ],
-    ids=["feature-count", "nan", "strings", "scalar", "3-d", "no-rows"],
+    ids=["feature-count", "nan", "strings", "scalar", "3-d", "no-rows", "json-null", "json-object", "datetimes"],
 )
 def test_input_the_model_rejects_is_400_with_scikit_learns_reason(server, body, content_type, reason):
     response = post(server, body, content_type)

@@ -84,13 +84,16 @@ def test_pickled_sklearn_wrapper_with_predict_proba(serve_factory, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "body, reason",
-    [("0.1,0.2", "Feature shape mismatch, expected: 4, got 2"), (npy(np.ones((1, 4, 2))), "Only 2 dimensional array is valid")],
-    ids=["feature-count", "3-d"],
+    "body, content_type, reason",
+    [
+        ("0.1,0.2", "text/csv", "Feature shape mismatch, expected: 4, got 2"),
+        (npy(np.ones((1, 4, 2))), "application/x-npy", "Only 2 dimensional array is valid"),
+        (b'[[{"a": 1}, 1, 2, 3]]', "application/json", "float() argument must be a string or a real number, not 'dict'"),
+    ],
+    ids=["feature-count", "3-d", "json-object"],
 )
-def test_input_the_booster_rejects_is_400_with_xgboosts_reason(serve_factory, booster, tmp_path, body, reason):
+def test_input_the_booster_rejects_is_400_with_xgboosts_reason(serve_factory, booster, tmp_path, body, content_type, reason):
     server = serve_factory(save(booster, tmp_path, "json"), {"BYOC_WORKERS": "1"})
-    content_type = "text/csv" if isinstance(body, str) else "application/x-npy"
     response = server.post("/invocations", data=body, headers={"Content-Type": content_type})
     assert response.status_code == 400, response.text
     error = response.json()["error"]
