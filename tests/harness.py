@@ -178,6 +178,17 @@ def npy(array) -> bytes:
     return buffer.getvalue()
 
 
+def sparse_npz(layout: str, shape: tuple[int, int], **arrays) -> bytes:
+    """A scipy.sparse .npz body written member by member, so its index arrays may say anything."""
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, format=np.array(layout.encode()), shape=np.array(shape), **arrays)
+    return buffer.getvalue()
+
+
 def train_sklearn_classifier(model_dir: Path, n_features: int = 4, filename: str = "model.joblib") -> Path:
     """A tiny fitted LogisticRegression saved with joblib; returns the model directory."""
     import joblib

@@ -79,7 +79,7 @@ def _as_utf8(body: bytes, content_type: str) -> bytes:
             body = body.decode(charset).encode("utf-8")
         except LookupError:  # unknown, or not a text encoding (base64, zlib)
             raise UnsupportedContentType(f"charset {charset!r} is not supported; send UTF-8") from None
-        except UnicodeDecodeError as exc:
+        except UnicodeError as exc:  # UnicodeDecodeError, and codecs such as punycode raise the base class
             raise BadRequest(f"body is not valid {charset}: {exc}") from None
     return body[len(_UTF8_BOM):] if body.startswith(_UTF8_BOM) else body
 
@@ -222,7 +222,12 @@ def _load_sparse(body: bytes) -> Any:
     except ImportError:
         raise UnsupportedContentType("a sparse .npz needs scipy, which is not installed in this image") from None
     try:
-        return scipy.sparse.load_npz(io.BytesIO(body))
+        matrix = scipy.sparse.load_npz(io.BytesIO(body))
+        # load_npz trusts a CSR/CSC/BSR's indices and indptr: one out of range and a model reading the
+        # matrix reads (or crashes on) memory outside it. COO is checked as it is built.
+        if hasattr(matrix, "check_format"):
+            matrix.check_format(full_check=True)
+        return matrix
     except Exception as exc:
         raise BadRequest(f"body is not a valid sparse .npz archive: {exc}") from None
 

@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 import pytest
 
-from harness import ServeProcess, npy, train_sklearn_classifier
+from harness import ServeProcess, npy, sparse_npz, train_sklearn_classifier
 
 from byoc_serve.codecs import MAX_NPZ_EXPANDED_BYTES
 
@@ -150,6 +150,16 @@ def test_input_the_model_rejects_is_400_with_scikit_learns_reason(server, body, 
     assert error.startswith("scikit-learn rejected the input: ") and reason in error, error
     assert "\n" not in error and "Traceback" not in response.text
     server.assert_healthy(GOOD)
+
+
+def test_a_sparse_npz_with_indices_outside_the_matrix_is_400_and_no_worker_dies(server):
+    workers = server.child_pids()
+    body = sparse_npz("csr", (1, 4), data=[1.0], indices=np.array([10**8], np.int32), indptr=np.array([0, 1], np.int32))
+    response = post(server, body, "application/x-npz")
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "body is not a valid sparse .npz archive: indices must be < 4"
+    server.assert_healthy(GOOD)
+    assert server.child_pids() == workers  # the worker that decoded it was not replaced (it died of SIGSEGV)
 
 
 def test_empty_body_is_204(server):

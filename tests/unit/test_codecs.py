@@ -11,6 +11,8 @@ import numpy as np
 import orjson
 import pytest
 
+from harness import sparse_npz
+
 from byoc_serve import codecs
 from byoc_serve.codecs import (
     DECODABLE,
@@ -321,6 +323,26 @@ def test_sparse_npz_gives_scipy_sparse_matrix():
     np.testing.assert_array_equal(result.toarray(), matrix.toarray())
 
 
+I32 = np.int32
+OUT_OF_RANGE_SPARSE = {
+    "csr-index-past-the-columns": ("csr", (1, 4), dict(data=[1.0], indices=np.array([10**8], I32), indptr=np.array([0, 1], I32))),
+    "csr-negative-index": ("csr", (1, 4), dict(data=[1.0], indices=np.array([-5], I32), indptr=np.array([0, 1], I32))),
+    "csr-indptr-past-the-data": ("csr", (2, 4), dict(data=[1.0], indices=np.array([1], I32), indptr=np.array([0, 5, 1], I32))),
+    "csc-index-past-the-rows": ("csc", (1, 4), dict(data=[1.0], indices=np.array([10**8], I32), indptr=np.array([0, 1, 1, 1, 1], I32))),
+    "bsr-block-past-the-columns": ("bsr", (2, 4), dict(data=np.ones((1, 2, 2)), indices=np.array([50], I32), indptr=np.array([0, 1], I32))),
+    "coo-negative-column": ("coo", (1, 4), dict(data=[1.0], row=[0], col=[-3])),
+}
+
+
+@pytest.mark.parametrize("layout, shape, arrays", OUT_OF_RANGE_SPARSE.values(), ids=OUT_OF_RANGE_SPARSE.keys())
+def test_a_sparse_npz_whose_indices_leave_the_matrix_is_400(layout, shape, arrays):
+    # Unchecked, a model reading such a CSR reads memory outside it: a worker died of SIGSEGV.
+    pytest.importorskip("scipy.sparse")
+    with pytest.raises(BadRequest) as caught:
+        decode(sparse_npz(layout, shape, **arrays), "application/x-npz")
+    assert caught.value.message.startswith("body is not a valid sparse .npz archive: ")
+
+
 def test_text_plain_gives_the_utf8_string():
     assert decode("héllo wörld".encode(), "text/plain; charset=utf-8") == "héllo wörld"
 
@@ -353,10 +375,12 @@ def test_an_unknown_or_non_text_charset_is_415(charset):
     assert caught.value.status == 415 and charset in caught.value.message
 
 
-def test_a_body_not_in_its_declared_charset_is_400():
+@pytest.mark.parametrize("body, charset", [(b"\xff\xfe\x00", "utf-16"), (b"0.5,1.0", "punycode"), (b"1,2", "undefined")])
+def test_a_body_not_in_its_declared_charset_is_400(body, charset):
+    # punycode and undefined raise UnicodeError itself, not UnicodeDecodeError.
     with pytest.raises(BadRequest) as caught:
-        decode(b"\xff\xfe\x00", "text/csv; charset=utf-16")
-    assert caught.value.status == 400 and "utf-16" in caught.value.message
+        decode(body, f"text/csv; charset={charset}")
+    assert caught.value.status == 400 and charset in caught.value.message
 
 
 # -------------------------------------------------------------------------------- encode: JSON
