@@ -135,6 +135,14 @@ def test_body_without_model_name_or_url_returns_400(mme, canary):
     assert_healthy(mme, canary)
 
 
+@pytest.mark.parametrize("body", ["[" * 5000 + "]" * 5000, '{"model_name":' * 3000], ids=["nested-lists", "nested-objects"])
+def test_load_body_nested_too_deep_to_parse_returns_400(mme, canary, body):
+    response = mme.post("/models", data=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == 'the body must be JSON: {"model_name": "...", "url": "..."}'
+    assert_healthy(mme, canary)
+
+
 def test_load_body_is_json_whatever_its_content_type(mme, canary, tmp_path):
     # `curl -X POST .../models -d '{...}'` (the README's example) sends application/x-www-form-urlencoded.
     body = '{"model_name": "curl-style", "url": "%s"}' % sklearn_model(tmp_path / "m")
@@ -142,6 +150,16 @@ def test_load_body_is_json_whatever_its_content_type(mme, canary, tmp_path):
     assert response.status_code == 200, response.text
     assert mme.post("/models/curl-style/invoke", **CSV).status_code == 200
     assert mme.delete("/models/curl-style").status_code == 200
+    assert_healthy(mme, canary)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_load_body_may_come_in_any_json_encoding(mme, canary, tmp_path, encoding):
+    # A file saved with a byte order mark or as UTF-16, sent by `curl -d @body.json`: json reads both.
+    body = '{"model_name": "encoded", "url": "%s"}' % sklearn_model(tmp_path / "m")
+    response = mme.post("/models", data=body.encode(encoding), headers={"Content-Type": "application/json"})
+    assert response.status_code == 200, response.text
+    assert mme.delete("/models/encoded").status_code == 200
     assert_healthy(mme, canary)
 
 

@@ -35,7 +35,10 @@ def create_mme_app(settings: Settings) -> Flask:
     @app.post("/models")
     def load_model() -> Response:
         # Whatever the Content-Type: `curl -d` labels the JSON a form, and the body is the contract.
-        body = request.get_json(force=True, silent=True)
+        try:
+            body = request.get_json(force=True, silent=True)
+        except RecursionError:  # nested too deep to parse; silent=True catches only ValueError
+            body = None
         if not isinstance(body, dict):
             raise BadRequest('the body must be JSON: {"model_name": "...", "url": "..."}')
         name, url = body.get("model_name"), body.get("url")
