@@ -143,6 +143,24 @@ def test_load_body_nested_too_deep_to_parse_returns_400(mme, canary, body):
     assert_healthy(mme, canary)
 
 
+DEEP = "[" * 300 + "]" * 300  # parses, but orjson writes at most 254 levels: it must not reach the manager's RPC
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ('{"model_name": "deep", "url": %s}' % DEEP, '"url" must be a non-empty string'),
+        ('{"model_name": %s, "url": "/tmp"}' % DEEP, '"model_name" must be a non-empty string'),
+    ],
+    ids=["url", "model_name"],
+)
+def test_load_fields_nested_deeper_than_the_manager_rpc_writes_return_400(mme, canary, body, message):
+    response = mme.post("/models", data=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == message
+    assert_healthy(mme, canary)
+
+
 def test_load_body_is_json_whatever_its_content_type(mme, canary, tmp_path):
     # `curl -X POST .../models -d '{...}'` (the README's example) sends application/x-www-form-urlencoded.
     body = '{"model_name": "curl-style", "url": "%s"}' % sklearn_model(tmp_path / "m")

@@ -41,10 +41,10 @@ def create_mme_app(settings: Settings) -> Flask:
             body = None
         if not isinstance(body, dict):
             raise BadRequest('the body must be JSON: {"model_name": "...", "url": "..."}')
-        name, url = body.get("model_name"), body.get("url")
+        name, url = _text(body.get("model_name")), _text(body.get("url"))
         target = request.headers.get(TARGET_MODEL)
         log.info("load requested name=%s url=%s target_model=%s request_id=%s", name, url, target, request_id(request))
-        return answer(name if isinstance(name, str) else None, "load", model_name=name, url=url, target_model=target)
+        return answer(name, "load", model_name=name, url=url, target_model=target)
 
     @app.get("/models")
     def list_models() -> Response:
@@ -68,3 +68,9 @@ def create_mme_app(settings: Settings) -> Flask:
         return json_response(batch_parameters(settings))
 
     return app
+
+
+def _text(value: Any) -> str | None:
+    """A field as sent if it is a string, else None, which the manager refuses with that field's 400:
+    not every JSON value can be sent to it (orjson writes at most 254 levels of nesting)."""
+    return value if isinstance(value, str) else None
