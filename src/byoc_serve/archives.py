@@ -9,6 +9,7 @@ first when space is needed.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import logging
@@ -17,9 +18,10 @@ import re
 import shutil
 import tarfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from byoc_serve.config import MIB
 from byoc_serve.errors import BadRequest, ServingError
@@ -74,14 +76,29 @@ def resolve_url(url: str) -> ArtifactSource:
     path = Path(url)
     if not path.is_absolute():
         raise BadRequest(f"url {url!r} must be an absolute path or an s3:// URI")
-    if path.is_dir():
-        return ArtifactSource(url, "directory", path, str(path.resolve()))
-    if path.is_file():
-        if not path.name.endswith(ARCHIVE_SUFFIXES):
-            raise BadRequest(f"{url} is a file but not a model.tar.gz archive (or a directory)")
-        stat = path.stat()
-        return ArtifactSource(url, "archive", path, f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
+    with reading_artifact(url):
+        if path.is_dir():
+            return ArtifactSource(url, "directory", path, str(path.resolve()))
+        if path.is_file():
+            if not path.name.endswith(ARCHIVE_SUFFIXES):
+                raise BadRequest(f"{url} is a file but not a model.tar.gz archive (or a directory)")
+            stat = path.stat()
+            return ArtifactSource(url, "archive", path, f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
     raise ArtifactNotFound(f"no model artifact at {url}")
+
+
+@contextmanager
+def reading_artifact(url: str) -> Iterator[None]:
+    """Answer what the filesystem refuses about ``url`` or a file under it (permissions, a name too
+    long) as the url's fault: 404 if nothing is there, else 400 naming the path and the reason."""
+    try:
+        yield
+    except OSError as exc:
+        path = str(exc.filename or url)
+        where = path if path == url else f"{path} (in {url})"
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise ArtifactNotFound(f"no model artifact at {where}") from None
+        raise BadRequest(f"cannot read {where}: {exc.strerror or exc}", kind="unusable_artifact") from None
 
 
 def inspect_archive(path: Path) -> int:

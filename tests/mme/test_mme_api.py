@@ -93,6 +93,42 @@ def test_missing_artifact_returns_404_and_nothing_is_registered(mme, canary, tmp
     assert_healthy(mme, canary)
 
 
+def _refused(path: str) -> bool:
+    try:
+        os.stat(path)
+    except PermissionError:
+        return True
+    return False
+
+
+# On this project's machines even root is refused pid 1's /proc links, so / and /proc fail fast and the
+# same way each time; where root may read them, their walk would go on through the whole tree.
+PROC_1_REFUSED = pytest.mark.skipif(not _refused("/proc/1/cwd"), reason="this machine lets root read /proc/1/cwd")
+
+
+TOO_LONG_PATH, TOO_LONG_NAME = "/" + "a" * 5000, "/tmp/" + "a" * 300 + "/model"
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        (TOO_LONG_PATH, f"cannot read {TOO_LONG_PATH}: File name too long"),
+        (TOO_LONG_NAME, f"cannot read {TOO_LONG_NAME}: File name too long"),
+        pytest.param("/proc/1/cwd", "cannot read /proc/1/cwd: Permission denied", marks=PROC_1_REFUSED),
+        # Refused while the files under the url are counted for the memory estimate:
+        pytest.param("/", "cannot read /proc/1/cwd (in /): Permission denied", marks=PROC_1_REFUSED),
+        pytest.param("/proc", "cannot read /proc/1/cwd (in /proc): Permission denied", marks=PROC_1_REFUSED),
+    ],
+    ids=["path-too-long", "name-too-long", "refused", "root", "proc"],
+)
+def test_url_the_filesystem_refuses_returns_400_with_the_path_and_reason(mme, canary, url, message):
+    response = mme.post("/models", json={"model_name": "refused", "url": url})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == message and response.json()["type"] == "unusable_artifact"
+    assert mme.get("/models/refused").status_code == 404
+    assert_healthy(mme, canary)
+
+
 @pytest.mark.parametrize(
     "make_url",
     [

@@ -3,6 +3,7 @@ cache, s3 fetching (AWS stood in for by botocore's Stubber) and the shared activ
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import signal
@@ -24,6 +25,7 @@ from byoc_serve.archives import (
     UnsafeArchive,
     download_s3,
     inspect_archive,
+    reading_artifact,
     resolve_url,
     s3_object_size,
 )
@@ -181,6 +183,19 @@ def test_urls_are_classified_before_anything_is_read(tmp_path):
         resolve_url("file:///etc")
     with pytest.raises(ArtifactNotFound):
         resolve_url(str(tmp_path / "missing"))
+
+
+def test_what_the_filesystem_refuses_about_a_url_is_the_urls_fault(tmp_path):
+    too_long = str(tmp_path / ("a" * 300))
+    with pytest.raises(BadRequest, match=f"^cannot read {too_long}: File name too long$") as refused:
+        resolve_url(too_long)
+    assert refused.value.kind == "unusable_artifact"
+    with pytest.raises(BadRequest, match=r"^cannot read /m/w \(in /m\): Permission denied$"):
+        with reading_artifact("/m"):
+            raise PermissionError(errno.EACCES, "Permission denied", "/m/w")
+    with pytest.raises(ArtifactNotFound, match=r"^no model artifact at /m/w \(in /m\)$"):
+        with reading_artifact("/m"):  # a file removed while it was being read
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/m/w")
 
 
 def test_disk_cache_deletes_unused_copies_lru_first_and_keeps_used_ones(tmp_path):

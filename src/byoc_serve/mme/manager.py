@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from byoc_serve.archives import DiskCache, resolve_url
+from byoc_serve.archives import DiskCache, reading_artifact, resolve_url
 from byoc_serve.config import Settings, load_settings
 from byoc_serve.errors import BadRequest, InsufficientMemory, ModelAlreadyLoaded, ModelFailure, ServingError
 from byoc_serve.logs import configure_logging
@@ -156,7 +156,9 @@ class ModelManager:
             model_dir = record.source.path
         if model_dir is not None:
             # Files at hand: admit (or refuse with 507, or evict) before any process exists.
-            await self._admit(record, *estimate_bytes(model_dir, self.settings))
+            with reading_artifact(record.source.url):
+                estimate = estimate_bytes(model_dir, self.settings)
+            await self._admit(record, *estimate)
         self._spawn(record, model_dir)
         assert record.link is not None
         reader, writer = await asyncio.open_unix_connection(sock=record.link)
