@@ -311,6 +311,14 @@ def test_list_paginates_across_35_models(mme, tmp_path):
         assert all(r.status_code == 200 for r in pool.map(lambda name: mme.delete(f"/models/{name}"), names))
 
 
+@pytest.mark.parametrize("params", [{"next_page_token": "!!!!"}, {"limit": 1, "next_page_token": "%%%"}, {"next_page_token": "_w"}])
+def test_list_with_a_page_token_this_server_did_not_issue_returns_400(mme, canary, params):
+    response = mme.get("/models", params=params)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == f"next_page_token={params['next_page_token']!r} is not a token this server issued"
+    assert_healthy(mme, canary)
+
+
 def test_directory_url_is_used_in_place_and_never_written(mme, tmp_path):
     model = sklearn_model(tmp_path / "model")
     snapshot = {p: p.stat().st_mtime_ns for p in [model, *model.rglob("*")]}

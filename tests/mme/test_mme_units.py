@@ -141,6 +141,16 @@ def test_pages_follow_name_order_and_skip_nothing_when_models_come_and_go(tmp_pa
     assert [m["modelName"] for m in second["models"]] == ["c", "d"] and "nextPageToken" not in second
 
 
+@pytest.mark.parametrize("token", ["!!!!", "%%%", "_w", "YQ==", "YR", "YSBi"], ids=["not-base64", "percents", "not-utf8", "padded", "odd-bits", "not-a-name"])
+def test_a_page_token_this_server_did_not_issue_is_refused(tmp_path, token):
+    registry = Registry()
+    registry.add(ModelRecord("a", resolve_url(str(tmp_path)), state="ready"))
+    registry.add(ModelRecord("b", resolve_url(str(tmp_path)), state="ready"))
+    assert registry.page(1, registry.page(1, None)["nextPageToken"])["models"][0]["modelName"] == "b"
+    with pytest.raises(BadRequest, match="not a token this server issued"):
+        registry.page(1, token)
+
+
 def make_tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes]]) -> Path:
     with tarfile.open(path, "w:gz") as tar:
         for member, data in members:

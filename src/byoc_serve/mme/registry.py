@@ -13,6 +13,7 @@ from typing import Any, Iterator
 from byoc_serve.archives import ArtifactSource
 from byoc_serve.errors import BadRequest, ModelNotLoaded
 from byoc_serve.mme.activity import Activity
+from byoc_serve.mme.names import NAME_PATTERN
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
@@ -104,7 +105,7 @@ class Registry:
             names = [name for name in names if name > after]
         page = {"models": [self.records[name].summary() for name in names[:size]]}
         if len(names) > size:
-            page["nextPageToken"] = base64.urlsafe_b64encode(names[size - 1].encode()).decode().rstrip("=")
+            page["nextPageToken"] = _token(names[size - 1])
         return page
 
 
@@ -120,8 +121,17 @@ def _page_size(limit: str | int | None) -> int:
     return size
 
 
+def _token(name: str) -> str:
+    return base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
+
+
 def _decode_token(token: str) -> str:
+    """The model name in a token this server issued; 400 for any other string, even one that decodes
+    (base64 skips what is not in its alphabet: "!!!!" was the empty name, so the first page)."""
     try:
-        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        name = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise BadRequest(f"next_page_token={token!r} is not a token this server issued") from None
+        name = ""
+    if NAME_PATTERN.fullmatch(name) is None or _token(name) != token:
+        raise BadRequest(f"next_page_token={token!r} is not a token this server issued")
+    return name
