@@ -22,6 +22,9 @@ _NUMERIC_KINDS = "biuf"
 _NUMERIC_CSV_BYTES = b"0123456789.,eE+- \t\r\n"
 # What the arrays of one .npz body may expand to: deflate turns 6 MB of zeros into 6 GB.
 MAX_NPZ_EXPANDED_BYTES = 256 * 1024 * 1024
+# Strings one .npy/.npz body may hold: a string model makes each one a Python object of 40-135 bytes,
+# so 30 KB of compressed one-byte strings grew a worker by 1.2 GB.
+MAX_DECODED_STRINGS = 1_000_000
 _UTF8_BOM = b"\xef\xbb\xbf"  # what Excel and PowerShell put in front of a UTF-8 CSV
 _UTF8_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
 _ALIASES = {
@@ -175,9 +178,17 @@ def _decode_jsonlines(body: bytes) -> Any:
 
 def _decode_npy(body: bytes) -> np.ndarray:
     try:
-        return np.lib.format.read_array(io.BytesIO(body), allow_pickle=False)
+        array = np.lib.format.read_array(io.BytesIO(body), allow_pickle=False)
     except Exception as exc:  # numpy raises several types for truncated or foreign data
         raise BadRequest(f"body is not a valid .npy array: {exc}") from None
+    _limit_strings([array])
+    return array
+
+
+def _limit_strings(arrays: list[np.ndarray]) -> None:
+    strings = sum(array.size for array in arrays if array.dtype.kind in "SU")
+    if strings > MAX_DECODED_STRINGS:
+        raise PayloadTooLarge(f"the body holds {strings} strings; at most {MAX_DECODED_STRINGS} are decoded from one request")
 
 
 def _decode_npz(body: bytes) -> Any:
@@ -213,6 +224,7 @@ def _decode_npz(body: bytes) -> Any:
         return _load_sparse(body)
     if not arrays:
         raise BadRequest(".npz archive holds no arrays")
+    _limit_strings(list(arrays.values()))
     return next(iter(arrays.values())) if len(arrays) == 1 else arrays
 
 

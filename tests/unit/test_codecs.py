@@ -157,6 +157,21 @@ def test_npz_expanding_past_the_limit_is_413_before_it_is_inflated(monkeypatch):
     assert np.array_equal(decode(buffer.getvalue(), "application/x-npz"), zeros)
 
 
+@pytest.mark.parametrize("form", ["npy", "npz"])
+def test_more_strings_than_the_limit_are_413(monkeypatch, form):
+    # The real limit is 10**6: a string model makes each element a Python object.
+    monkeypatch.setattr(codecs, "MAX_DECODED_STRINGS", 1000)
+    at_limit, over = np.zeros(1000, "S1"), np.array(["ab"] * 1001)
+    body = {"npy": npy_bytes, "npz": lambda array: npz_bytes(a=array[:500], b=array[500:])}[form]
+    content_type = f"application/x-{form}"
+    assert len(decode(body(at_limit), content_type)) == {"npy": 1000, "npz": 2}[form]
+    with pytest.raises(PayloadTooLarge) as caught:
+        decode(body(over), content_type)
+    assert caught.value.message == "the body holds 1001 strings; at most 1000 are decoded from one request"
+    numbers = np.zeros(5000)
+    assert len(decode(npy_bytes(numbers), "application/x-npy")) == 5000  # only strings count
+
+
 def test_empty_npz_is_400():
     with pytest.raises(BadRequest) as caught:
         decode(npz_bytes(), "application/x-npz")
