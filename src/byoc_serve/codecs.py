@@ -313,7 +313,27 @@ def encode(prediction: Any, accept: str) -> bytes:
 def encode_records(prediction: Any, accept: str) -> bytes:
     """Batch-transform form: exactly one output line per input record, in order (JSON becomes JSON Lines)."""
     media = parse_media_type(accept)
-    return encode(prediction, "application/jsonlines" if media == "application/json" else accept)
+    if media in ("application/json", "application/jsonlines"):
+        return encode(_per_record(prediction), "application/jsonlines")
+    return encode(prediction, accept)
+
+
+def _per_record(prediction: Any) -> Any:
+    """Named outputs holding one value per record each (the same leading length) -> one
+    ``{name: value}`` per record; anything else as it is."""
+    if not isinstance(prediction, dict) or not prediction:
+        return prediction
+    outputs = {name: _as_array(value) for name, value in prediction.items()}
+    lengths = {_leading_length(value) for value in outputs.values()}
+    if len(lengths) != 1 or None in lengths:
+        return prediction
+    return [{name: value[i] for name, value in outputs.items()} for i in range(lengths.pop())]
+
+
+def _leading_length(value: Any) -> int | None:
+    if isinstance(value, (list, tuple)) or isinstance(value, np.ndarray) and value.ndim > 0:
+        return len(value)
+    return None
 
 
 def _dumps(value: Any) -> bytes:

@@ -194,3 +194,22 @@ def test_input_predict_and_output_fn_each_receive_the_context(serve_factory, tmp
     assert plain.status_code == 200, plain.text
     assert plain.json()["input_saw"] is None
     assert plain.headers["X-Amzn-SageMaker-Custom-Attributes"] == "rows=1"
+
+
+NAMED_OUTPUTS_SCRIPT = '''
+def predict_fn(data, model):
+    return {"label": model.predict(data), "proba": model.predict_proba(data)}
+'''
+
+
+def test_batch_named_outputs_give_one_json_line_per_record(serve_factory, tmp_path):
+    model_dir = write_model(tmp_path, NAMED_OUTPUTS_SCRIPT)
+    server = serve_factory(model_dir, {"BYOC_WORKERS": "1", "SAGEMAKER_BATCH": "true"})
+    rows = [[0.5, 1.0, -0.3, 2.0], [-1.0, -2.0, 0.1, 0.0], [2.0, 0.3, 0.0, -1.0]]
+    body = "".join(",".join(map(str, row)) + "\n" for row in rows)
+    response = server.post("/invocations", data=body, headers={"Content-Type": "text/csv", "Accept": "application/json"})
+    assert response.status_code == 200, response.text
+    model = joblib.load(model_dir / "model.joblib")
+    records = [orjson.loads(line) for line in response.content.splitlines()]
+    assert [record["label"] for record in records] == model.predict(np.array(rows)).tolist()
+    assert np.allclose([record["proba"] for record in records], model.predict_proba(np.array(rows)))

@@ -578,6 +578,19 @@ def test_batch_json_becomes_json_lines_for_1d_and_record_lists():
     assert encode_records(records, "application/json") == b'{"label":0}\n{"label":1}\n'
 
 
+def test_batch_json_splits_named_outputs_into_one_object_per_record():
+    # A SavedModel with two outputs answers {"label": [...], "scores": [[...], ...]} for two records.
+    prediction = {"label": np.array([2, 0]), "scores": np.array([[0.1, 0.9], [0.8, 0.2]], dtype=np.float32)}
+    for accept in ("application/json", "application/jsonlines"):
+        lines = encode_records(prediction, accept).splitlines()
+        assert [orjson.loads(line) for line in lines] == [{"label": 2, "scores": [0.1, 0.9]}, {"label": 0, "scores": [0.8, 0.2]}]
+
+
+@pytest.mark.parametrize("prediction", [{"label": [1, 2], "total": 3}, {"label": [1, 2], "scores": [[1], [2], [3]]}])
+def test_batch_named_outputs_without_one_value_per_record_stay_one_line(prediction):
+    assert encode_records(prediction, "application/json").count(b"\n") == 1
+
+
 def test_batch_csv_and_npy_match_the_single_request_form():
     prediction = np.array([[0.5, 1.0], [2.0, 3.0]])
     assert encode_records(prediction, "text/csv") == encode(prediction, "text/csv")
