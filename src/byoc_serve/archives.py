@@ -33,6 +33,8 @@ BLOCK = 4096  # extracted files take whole filesystem blocks
 COPY_NAME = re.compile(r"^[0-9a-f]{20}$")
 S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(?P<key>.+)$")
 CHUNK = 1024 * 1024
+# The disk budget reserves room before writing, but the disk may be shared or the budget set too high.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class ArtifactNotFound(ServingError):
@@ -146,6 +148,10 @@ def extract_archive(path: Path, destination: Path) -> int:
                 tar.extract(member, destination, **SAFE_EXTRACT)
     except (tarfile.TarError, EOFError) as exc:
         raise BadRequest(f"{path.name} could not be extracted: {exc}") from None
+    except OSError as exc:
+        if exc.errno in DISK_FULL:
+            raise InsufficientDisk(f"{destination.parent} filled up while {path.name} was extracted: {exc.strerror}") from None
+        raise
     return directory_bytes(destination)
 
 
@@ -177,6 +183,8 @@ def download_s3(uri: str, destination: Path, client: Any = None) -> int:
         raise
     except Exception as exc:
         destination.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            raise InsufficientDisk(f"{destination.parent} filled up while {uri} was downloaded: {exc.strerror}") from None
         raise _s3_error(uri, exc) from None
 
 

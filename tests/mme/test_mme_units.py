@@ -7,10 +7,12 @@ import errno
 import io
 import os
 import signal
+import subprocess
 import tarfile
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import boto3
 import psutil
@@ -24,6 +26,7 @@ from byoc_serve.archives import (
     InsufficientDisk,
     UnsafeArchive,
     download_s3,
+    extract_archive,
     inspect_archive,
     reading_artifact,
     resolve_url,
@@ -248,6 +251,32 @@ def test_s3_artifact_is_sized_and_downloaded(s3, tmp_path):
     assert download_s3("s3://models/fraud/model.tar.gz", tmp_path / "model.tar.gz", client) == 3000
     assert (tmp_path / "model.tar.gz").read_bytes() == payload
     stubber.assert_no_pending_responses()
+
+
+@pytest.fixture
+def full_disk(tmp_path) -> Iterator[Path]:
+    """A 256 KiB tmpfs: a real filesystem that runs out of space (needs root to mount)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)]).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_disk_that_fills_up_during_extraction_or_download_is_507(full_disk, tmp_path, s3):
+    archive = make_tar(tmp_path / "big.tar.gz", [(tarfile.TarInfo("model.joblib"), os.urandom(512 * 1024))])
+    with pytest.raises(InsufficientDisk) as caught:
+        extract_archive(archive, full_disk / "copy")
+    assert caught.value.status == 507 and f"{full_disk} filled up while big.tar.gz was extracted" in caught.value.message
+    client, stubber = s3
+    payload = archive.read_bytes()
+    stubber.add_response("get_object", {"Body": StreamingBody(io.BytesIO(payload), len(payload))},
+                         {"Bucket": "models", "Key": "big.tar.gz"})
+    with pytest.raises(InsufficientDisk) as caught:
+        download_s3("s3://models/big.tar.gz", full_disk / "big.tar.gz", client)
+    assert f"{full_disk} filled up while s3://models/big.tar.gz was downloaded" in caught.value.message
+    assert not (full_disk / "big.tar.gz").exists()
 
 
 def test_s3_missing_object_is_404_and_denied_access_is_400(s3):
