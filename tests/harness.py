@@ -162,6 +162,22 @@ class ServeProcess:
         assert response.status_code == 200, response.text
 
 
+ENVELOPE = {"error", "code", "type", "model", "request_id"}  # byoc_serve.errors.envelope
+
+
+def raw_exchange(server: ServeProcess, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes no HTTP client would, read the answer to the end (nginx closes after an error)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+        conn.sendall(request)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in header_lines)}
+    return int(status_line.split()[1]), headers, body
+
+
 # Protocol 4, then a FRAME opcode whose length field claims 1 TiB: unpickling it raises a bare
 # MemoryError at once, as a corrupt pickle's garbage length field does.
 HUGE_FRAME_PICKLE = b"\x80\x04\x95" + (1 << 40).to_bytes(8, "little") + b"K\x01."

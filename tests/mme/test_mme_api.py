@@ -10,9 +10,10 @@ import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import orjson
 import pytest
 
-from harness import HUGE_FRAME_PICKLE
+from harness import ENVELOPE, HUGE_FRAME_PICKLE, raw_exchange
 from mme_support import (
     CSV,
     assert_healthy,
@@ -224,6 +225,16 @@ def test_unknown_model_gets_404_json_on_get_delete_and_invoke(mme, canary):
         assert response.json()["model"] == "unknown"
     # Answered without trying the socket: a failed connect() is an nginx [crit] line in the container's log.
     assert "models/unknown.sock failed" not in mme.log()
+    assert_healthy(mme, canary)
+
+
+@pytest.mark.parametrize("target", [b"/models/%ff/invoke", b"/models/%22/invoke", b'/models/"x"/invoke', b"/models/a\\b/invoke"])
+def test_an_invoke_uri_that_names_no_model_gets_404_json(mme, canary, target):
+    request = b"POST " + target + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    status, headers, body = raw_exchange(mme, request)
+    assert status == 404 and headers["content-type"] == "application/json"
+    error = orjson.loads(body)
+    assert set(error) == ENVELOPE and error["type"] == "not_found"
     assert_healthy(mme, canary)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import shutil
-import socket
 import time
 import zipfile
 
@@ -13,7 +12,7 @@ import numpy as np
 import orjson
 import pytest
 
-from harness import ServeProcess, npy, sparse_npz, train_sklearn_classifier
+from harness import ENVELOPE, ServeProcess, npy, raw_exchange, sparse_npz, train_sklearn_classifier
 
 from byoc_serve.codecs import MAX_NPZ_EXPANDED_BYTES
 
@@ -229,19 +228,6 @@ def test_the_multi_model_api_says_it_is_off(server, method, path):
     server.assert_healthy(GOOD)
 
 
-def raw_exchange(server, request: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Send bytes no HTTP client would, read the answer to the end (nginx closes after an error)."""
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
-        conn.sendall(request)
-        answer = b""
-        while chunk := conn.recv(65536):
-            answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in header_lines)}
-    return int(status_line.split()[1]), headers, body
-
-
 @pytest.mark.parametrize(
     "request_bytes, status",
     [
@@ -258,6 +244,31 @@ def test_requests_nginx_cannot_read_get_json_not_html(server, request_bytes, sta
     assert headers["content-type"] == "application/json"
     error = orjson.loads(body)
     assert error["code"] == status and error["error"] and error["request_id"]
+    server.assert_healthy(GOOD)
+
+
+@pytest.mark.parametrize(
+    "request_line, status, shown",
+    [
+        (b"GET /%22", 404, "/%22"),
+        (b"GET /%5c", 404, "/%5c"),
+        (b"GET /%0a", 404, "/%0a"),
+        (b"GET /%01", 404, "/%01"),
+        (b"GET /%7F", 404, "/%7F"),
+        (b"GET /%ff", 404, "/%ff"),
+        (b"GET /\\invocations", 404, None),
+        (b"GET /caf\xc3\xa9", 404, None),
+        (b'GET /ping.json?"x"', 404, None),
+        (b'POST /ping?"x', 405, None),
+    ],
+)
+def test_an_error_naming_the_uri_is_valid_json_whatever_the_uri_holds(server, request_line, status, shown):
+    """A %-escape is repeated as sent; a URI with characters RFC 3986 does not allow is not repeated at all."""
+    got, headers, body = raw_exchange(server, request_line + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert got == status and headers["content-type"] == "application/json"
+    error = orjson.loads(body)
+    assert set(error) == ENVELOPE and error["code"] == status and error["request_id"]
+    assert (shown or "outside RFC 3986") in error["error"], error
     server.assert_healthy(GOOD)
 
 
