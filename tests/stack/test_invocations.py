@@ -235,8 +235,14 @@ def test_the_multi_model_api_says_it_is_off(server, method, path):
         (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400),
         (b"POST /invocations HTTP/1.1\r\nHost: x\r\nX-Amzn-SageMaker-Custom-Attributes: " + b"a" * 20000 + b"\r\n\r\n", 400),
         (b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (b"POST /invocations HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+        (b"POST /invocations HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity\r\n\r\n", 501),
+        (b"POST /invocations HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: bogus\r\n\r\n", 501),
+        (b"GET /ping HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+        (b"GET /ping HTTP/9.9\r\nHost: x\r\n\r\n", 505),
     ],
-    ids=["not-http", "bad-content-length", "header-too-large", "uri-too-long"],
+    ids=["not-http", "bad-content-length", "header-too-large", "uri-too-long", "gzip-chunked", "identity", "bogus-coding",
+         "http-2.0", "http-9.9"],
 )
 def test_requests_nginx_cannot_read_get_json_not_html(server, request_bytes, status):
     got, headers, body = raw_exchange(server, request_bytes)
