@@ -178,6 +178,24 @@ def raw_exchange(server: ServeProcess, request: bytes) -> tuple[int, dict[str, s
     return int(status_line.split()[1]), headers, body
 
 
+def assert_served_up_to_nginxs_limits(server: ServeProcess, method: str, path: str, **request) -> None:
+    """A request with a long line, many headers or a long header, on either side of nginx's limits (a
+    line of 8 KiB, 32 KiB of headers), gets the answer it would get without, or nginx's JSON error:
+    never a refusal from the worker behind nginx."""
+    headers = request.pop("headers", {})
+    pad = ("&" if "?" in path else "?") + "pad="
+    variants = [
+        *((path + pad + "A" * size, headers) for size in (5000, *range(8150, 8200, 8))),
+        *((path, {**headers, **{f"X-Extra-{i}": "v" for i in range(count)}}) for count in (150, 1500, 2500)),
+        *((path, {**headers, "X-Big": "v" * size}) for size in range(8170, 8200, 4)),
+    ]
+    for target, variant_headers in variants:
+        response = server.request(method, target, headers=variant_headers, **request)
+        if response.status_code != 200:
+            assert response.status_code in (400, 414) and response.headers["Content-Type"] == "application/json", response.text
+            assert response.json()["type"] in ("bad_request", "uri_too_long")
+
+
 # Protocol 4, then a FRAME opcode whose length field claims 1 TiB: unpickling it raises a bare
 # MemoryError at once, as a corrupt pickle's garbage length field does.
 HUGE_FRAME_PICKLE = b"\x80\x04\x95" + (1 << 40).to_bytes(8, "little") + b"K\x01."

@@ -18,7 +18,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from byoc_serve import readiness, requirements
+from byoc_serve import http1, readiness, requirements
 from byoc_serve.app import ModelSlot, WSGIApp, create_app
 from byoc_serve.config import Settings, load_settings
 from byoc_serve.errors import describe_load_failure
@@ -55,6 +55,13 @@ class ServingApplication(BaseApplication):
             "graceful_timeout": 25,
             "keepalive": 75,
             "backlog": 2048,
+            # nginx, the only client, refuses a line over 8 KiB or 32 KiB of headers with its JSON error;
+            # gunicorn's defaults (a 4094-byte request line, 100 headers of 8190 bytes) refused what it
+            # forwards with an HTML page. So: no limit on the line, gunicorn's most headers, and a header as
+            # long as a LoopWorker's whole head (0 would mean 8190 for a header, not unlimited).
+            "limit_request_line": 0,
+            "limit_request_fields": 32768,
+            "limit_request_field_size": http1.MAX_HEAD_BYTES,
             "accesslog": None,
             "errorlog": "-",
             "loglevel": s.log_level.lower(),

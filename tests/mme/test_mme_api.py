@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from harness import ENVELOPE, HUGE_FRAME_PICKLE, raw_exchange
+from harness import ENVELOPE, HUGE_FRAME_PICKLE, assert_served_up_to_nginxs_limits, raw_exchange
 from mme_support import (
     CSV,
     assert_healthy,
@@ -235,6 +235,12 @@ def test_an_invoke_uri_that_names_no_model_gets_404_json(mme, canary, target):
     assert status == 404 and headers["content-type"] == "application/json"
     error = orjson.loads(body)
     assert set(error) == ENVELOPE and error["type"] == "not_found"
+    assert_healthy(mme, canary)
+
+
+@pytest.mark.parametrize("path", ["/models", "/models/canary", "/execution-parameters"])
+def test_a_request_head_nginx_forwards_reaches_the_management_routes(mme, canary, path):
+    assert_served_up_to_nginxs_limits(mme, "GET", path)
     assert_healthy(mme, canary)
 
 

@@ -12,7 +12,8 @@ import numpy as np
 import orjson
 import pytest
 
-from harness import ENVELOPE, ServeProcess, npy, raw_exchange, sparse_npz, train_sklearn_classifier
+from harness import (ENVELOPE, ServeProcess, assert_served_up_to_nginxs_limits, npy, raw_exchange, sparse_npz,
+                     train_sklearn_classifier)
 
 from byoc_serve.codecs import MAX_NPZ_EXPANDED_BYTES
 
@@ -275,6 +276,13 @@ def test_an_error_naming_the_uri_is_valid_json_whatever_the_uri_holds(server, re
     error = orjson.loads(body)
     assert set(error) == ENVELOPE and error["code"] == status and error["request_id"]
     assert (shown or "outside RFC 3986") in error["error"], error
+    server.assert_healthy(GOOD)
+
+
+@pytest.mark.parametrize("threads", ["1", "4"], ids=["loop-worker", "gthread"])
+def test_a_request_head_nginx_forwards_is_served_by_either_worker(serve_factory, model_dir, threads):
+    server = serve_factory(model_dir, {"BYOC_WORKERS": "1", "BYOC_THREADS": threads})
+    assert_served_up_to_nginxs_limits(server, "POST", "/invocations", **GOOD)
     server.assert_healthy(GOOD)
 
 
