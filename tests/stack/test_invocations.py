@@ -221,6 +221,21 @@ def test_other_methods_on_ping_get_405_json(server, method):
     server.assert_healthy(GOOD)
 
 
+@pytest.mark.parametrize(
+    "header, status",
+    [({"Range": "bytes=5-"}, 416), ({"If-Match": '"x"'}, 412), ({"If-Unmodified-Since": "Thu, 01 Jan 1970 00:00:00 GMT"}, 412)],
+    ids=["range", "if-match", "if-unmodified-since"],
+)
+def test_a_condition_ping_cannot_meet_gets_json(server, header, status):
+    """nginx answers these for /ping, a file it serves, by itself; after a 412 it closes the connection."""
+    response = server.get("/ping", headers=header)
+    assert response.status_code == status
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.headers["Connection"] == ("close" if status == 412 else "keep-alive")
+    assert set(response.json()) == ENVELOPE and response.json()["code"] == status
+    server.assert_healthy(GOOD)
+
+
 @pytest.mark.parametrize("method, path", [("GET", "/models"), ("POST", "/models"), ("GET", "/models/a"), ("PUT", "/models/a")])
 def test_the_multi_model_api_says_it_is_off(server, method, path):
     response = server.request(method, path)
