@@ -16,12 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 
 from byoc_serve import http1, readiness, requirements
 from byoc_serve.app import ModelSlot, WSGIApp, create_app
 from byoc_serve.config import Settings, load_settings
-from byoc_serve.errors import describe_load_failure
+from byoc_serve.errors import ServingError, describe_load_failure
 from byoc_serve.logs import configure_logging
 from byoc_serve.servable import Servable, choose_handler
 from model_handlers.base import Handler
@@ -82,6 +83,9 @@ class ServingApplication(BaseApplication):
         worker.slot = min(set(range(self.settings.workers)) - taken)
 
     def _post_worker_init(self, worker: Any) -> None:
+        # gunicorn's gthread worker answers a head its parser refuses (a control byte in a header value,
+        # a raw byte over 0x7F in the query: nginx forwards both) with util.write_error's HTML page.
+        gunicorn_util.write_error = write_json_error
         if self.on_worker_start is not None:
             self.on_worker_start()
         # Listen only once the model is loaded, so nginx never queues a request on a worker still loading;
@@ -90,6 +94,12 @@ class ServingApplication(BaseApplication):
         if not readiness.is_ready(self.settings.run_dir):
             readiness.mark_ready(self.settings.run_dir)
             log.info("phase=ready workers=%d threads=%d", self.settings.workers, self.settings.threads)
+
+
+def write_json_error(sock: socket.socket, status: int, reason: str, message: str) -> None:
+    """gunicorn's error page for a request it cannot read, as the JSON envelope."""
+    error = ServingError(message, status=status, kind=reason.lower().replace(" ", "_"))
+    gunicorn_util.write_nonblock(sock, http1.refusal_bytes(error))
 
 
 def worker_socket(run_dir: Path, slot: int) -> Path:

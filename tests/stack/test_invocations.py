@@ -301,6 +301,23 @@ def test_a_request_head_nginx_forwards_is_served_by_either_worker(serve_factory,
     server.assert_healthy(GOOD)
 
 
+@pytest.mark.parametrize("threads", ["1", "4"], ids=["loop-worker", "gthread"])
+@pytest.mark.parametrize(
+    "head",
+    [b"POST /invocations HTTP/1.1\r\nX-Odd: a\x01b\r\n", b"POST /invocations?q=\xff HTTP/1.1\r\n"],
+    ids=["control-byte-in-a-header", "raw-byte-in-the-query"],
+)
+def test_a_head_nginx_forwards_but_a_worker_refuses_gets_the_json_envelope(serve_factory, model_dir, threads, head):
+    server = serve_factory(model_dir, {"BYOC_WORKERS": "1", "BYOC_THREADS": threads})
+    request = head + b"Host: x\r\nContent-Type: text/csv\r\nContent-Length: 7\r\nConnection: close\r\n\r\n1,2,3,4"
+    status, headers, body = raw_exchange(server, request)
+    assert headers["content-type"] == "application/json", body
+    if status != 200:  # the LoopWorker takes both; gunicorn's gthread parser refuses them
+        error = orjson.loads(body)
+        assert set(error) == ENVELOPE and error["code"] == status == 400, error
+    server.assert_healthy(GOOD)
+
+
 def test_the_app_answers_with_the_request_id_nginx_logged(server):
     """nginx's $request_id reaches the worker (proxy headers set once for the server), so the app's
     error, its log and nginx's access line name the same request."""
