@@ -134,25 +134,38 @@ def match_named_inputs(specs: tuple[Any, ...], data: Any) -> list[tuple[Any, Any
     inputs or for TensorFlow Serving's row format (one object per instance), positionally when the
     model takes a single input."""
     names = [spec.name for spec in specs]
-    # {"b64": ...} is one binary value in TF Serving's JSON, not an input named b64.
-    if isinstance(data, list) and data and all(isinstance(row, dict) and row.keys() != {"b64"} for row in data):
-        data = _columns(data)
+    data = named_columns(data)
     if isinstance(data, dict):
-        missing = [n for n in names if n not in data]
-        unknown = [n for n in data if n not in names]
-        if missing or unknown:
-            raise BadRequest(f"this model takes inputs {names}; missing {missing}, unknown {unknown}")
+        check_input_names(names, data)
         return [(spec, data[spec.name]) for spec in specs]
     if len(specs) != 1:
-        raise BadRequest(f"this model takes named inputs {names}: send {{\"inputs\": {{name: values}}}}")
+        raise BadRequest(clip_reason(f"this model takes named inputs {names}: send {{\"inputs\": {{name: values}}}}"))
     return [(specs[0], data)]
+
+
+def named_columns(data: Any) -> Any:
+    """TensorFlow Serving's row format (a list of objects, one per instance) as a dict of named columns;
+    anything else unchanged."""
+    # {"b64": ...} is one binary value in TF Serving's JSON, not an input named b64.
+    if isinstance(data, list) and data and all(isinstance(row, dict) and row.keys() != {"b64"} for row in data):
+        return _columns(data)
+    return data
+
+
+def check_input_names(names: list[str], given: dict[str, Any], required: list[str] | None = None) -> None:
+    """A 400 listing the ``required`` names (default: all) ``given`` lacks and those it has beyond ``names``."""
+    known = set(names)
+    missing = [n for n in (names if required is None else required) if n not in given]
+    unknown = [n for n in given if n not in known]
+    if missing or unknown:
+        raise BadRequest(clip_reason(f"this model takes inputs {names}; missing {missing}, unknown {unknown}"))
 
 
 def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
     """``[{"a": 1, "b": 2}, {"a": 3, "b": 4}]`` -> ``{"a": [1, 3], "b": [2, 4]}``."""
     names = list(rows[0])
     if any(row.keys() != rows[0].keys() for row in rows):
-        raise BadRequest(f"every instance must name the same inputs; the first names {names}")
+        raise BadRequest(clip_reason(f"every instance must name the same inputs; the first names {names}"))
     return {name: [row[name] for row in rows] for name in names}
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from byoc_serve import codecs
 from byoc_serve.errors import BadRequest, ModelFailure
 from model_handlers import devices
-from model_handlers.base import Context, Handler, clip_reason, find_artifact
+from model_handlers.base import Context, Handler, check_input_names, clip_reason, find_artifact
 
 ARTIFACT_NAMES = ("model.pt2", "model.pt", "model.pth")
 ARTIFACT_SUFFIXES = (".pt2", ".pt", ".pth")
@@ -193,15 +193,12 @@ def _input(value: Any, device: Any, dtype: Any, rank: int | None = None) -> Any:
 def _exported_args(signature: ExportSignature, data: Any, device: Any, dtype: Any) -> list[Any]:
     """Positional arguments for an exported program, cast to the dtypes and checked against the shapes it was traced with."""
     if isinstance(data, dict):
-        missing = [n for n in signature.names if n not in data]
-        unknown = [n for n in data if n not in signature.names]
-        if missing or unknown:
-            raise BadRequest(f"this model takes inputs {list(signature.names)}; missing {missing}, unknown {unknown}")
+        check_input_names(list(signature.names), data)
         values = [data[n] for n in signature.names]
     elif len(signature.names) == 1:
         values = [data]
     else:
-        raise BadRequest(f"this model takes named inputs {list(signature.names)}: send {{\"inputs\": {{name: values}}}}")
+        raise BadRequest(clip_reason(f"this model takes named inputs {list(signature.names)}: send {{\"inputs\": {{name: values}}}}"))
     if not signature.examples:
         return [_input(v, device, dtype) for v in values]
     args = []
