@@ -157,10 +157,17 @@ def _to_tensor(value: Any, as_float: bool, device: str) -> Any:
 
     if isinstance(value, torch.Tensor):
         return value
-    array = np.asarray(value)
+    try:
+        array = np.asarray(value)
+    except ValueError as exc:  # ragged lists, or lists nested deeper than numpy's 32 dimensions
+        raise BadRequest(f"the input is not an array of numbers: {clip_reason(str(exc))}") from None
     if array.dtype.kind not in "biuf":
         raise BadRequest(f"a PyTorch model takes numbers; got values of type {array.dtype}")
-    tensor = torch.from_numpy(array.astype(np.float32) if as_float else np.ascontiguousarray(array))
+    if as_float:
+        array = array.astype(np.float32)
+    elif not array.dtype.isnative:  # torch.from_numpy refuses big-endian arrays
+        array = array.astype(array.dtype.newbyteorder("="))
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
     return tensor if device == "cpu" else tensor.to(device)
 
 

@@ -2,19 +2,79 @@
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import orjson
 import pytest
 
+import dl_models
 from byoc_serve.config import Settings
 from byoc_serve.errors import BadRequest
 from byoc_serve.servable import Invocation, Servable
+from dl_support import assert_close, npy
 from model_handlers.base import MAX_REASON_CHARS
 
 SETTINGS = Settings(workers=1, intra_op_threads=1)
+ROWS = dl_models.ROWS
+TORCH_MODELS = ["torchscript", "torch_export", "torch_state_dict"]
 
 
 def invoke(model: Servable, body: bytes, content_type: str = "application/json"):
     return orjson.loads(model.invoke(Invocation(body, content_type, "application/json")).body)
+
+
+def npz(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def nested(depth: int) -> bytes:
+    return b"[" * depth + b"1" + b"]" * depth
+
+
+@pytest.fixture(scope="module")
+def two_inputs(tmp_path_factory):
+    """The exported two-input model, loaded, and its reference."""
+    model_dir = tmp_path_factory.mktemp("two-inputs")
+    reference = dl_models.torch_export_two_inputs(model_dir)
+    return Servable.load(model_dir, SETTINGS), reference
+
+
+@pytest.mark.parametrize("name", TORCH_MODELS)
+@pytest.mark.parametrize(
+    "body, content_type",
+    [
+        (b"[[1, 2, 3, 4], [1, 2]]", "application/json"),
+        (nested(40), "application/json"),
+        (b"[0.5, 1, -0.3, 2]\n[1, 2]\n", "application/jsonlines"),
+        (b'{"inputs": {"x": [[1, 2, 3, 4], [1]]}}', "application/json"),
+    ],
+    ids=["ragged", "40_deep", "ragged_jsonlines", "ragged_named"],
+)
+def test_a_list_that_is_no_array_is_a_400(artifacts, name, body, content_type):
+    model = Servable.load(artifacts(name).model_dir, SETTINGS)
+    with pytest.raises(BadRequest, match="not an array of numbers: setting an array element with a sequence"):
+        invoke(model, body, content_type)
+    assert_close(invoke(model, orjson.dumps(ROWS.tolist())), artifacts(name).expected(ROWS))
+
+
+@pytest.mark.parametrize("name", TORCH_MODELS)
+@pytest.mark.parametrize("dtype", [">f4", ">f8"])
+def test_big_endian_npy_is_answered(artifacts, name, dtype):
+    rows = ROWS.astype(dtype)
+    answer = invoke(Servable.load(artifacts(name).model_dir, SETTINGS), npy(rows), "application/x-npy")
+    assert_close(answer, artifacts(name).expected(rows.astype(np.float32)))
+
+
+def test_big_endian_npz_members_are_answered(two_inputs):
+    model, reference = two_inputs
+    offset = np.array([1, 2, 3])
+    first, second = invoke(model, npz(features=ROWS.astype(">f8"), offset=offset.astype(">i8")), "application/x-npz")
+    expected_first, expected_second = reference(ROWS, offset)
+    assert_close(first, expected_first)
+    assert_close(second, expected_second)
 
 
 @pytest.mark.parametrize("name", ["torch_export", "onnx_skl2onnx"])
