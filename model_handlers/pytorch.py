@@ -24,6 +24,7 @@ ARTIFACT_NAMES = ("model.pt2", "model.pt", "model.pth")
 ARTIFACT_SUFFIXES = (".pt2", ".pt", ".pth")
 TEXT_TYPES = ("application/json", "text/csv", "application/jsonlines")
 MAX_ANSWERED_SHAPES = 64  # a model taking varying sequence lengths would otherwise grow the set forever
+EMBEDDINGS = ("Embedding", "EmbeddingBag")  # TorchScript keeps a module's class name as original_name
 
 
 @dataclass(frozen=True)
@@ -172,29 +173,54 @@ def _to_tensor(value: Any, as_float: bool, device: str) -> Any:
 
 
 def _placement(model: Any) -> tuple[Any, Any]:
-    """The module's device and floating dtype, from its first parameter or buffer (cpu/float32 if it has none)."""
+    """The module's device and the dtype its inputs take, from its first parameter or buffer: int64 ids when
+    that is an embedding table, else its floating dtype; None when it is not floating (or there is none)."""
     import torch
 
     tensor = next(model.parameters(), None) if hasattr(model, "parameters") else None
     if tensor is None and hasattr(model, "buffers"):
         tensor = next(model.buffers(), None)
     if tensor is None:
-        return torch.device("cpu"), torch.float32
-    return tensor.device, tensor.dtype if tensor.is_floating_point() else torch.float32
+        return torch.device("cpu"), None
+    if not tensor.is_floating_point():
+        return tensor.device, None
+    return tensor.device, torch.int64 if _takes_ids(model) else tensor.dtype
+
+
+def _takes_ids(model: Any) -> bool:
+    """Is the module's first parameter an embedding table, so that its input is ids rather than features?"""
+    import torch
+
+    modules = model.modules() if hasattr(model, "modules") else ()
+    owner = next((m for m in modules if next(m.parameters(recurse=False), None) is not None), None)
+    return isinstance(owner, (torch.nn.Embedding, torch.nn.EmbeddingBag)) or getattr(owner, "original_name", None) in EMBEDDINGS
 
 
 def _input(value: Any, device: Any, dtype: Any, rank: int | None = None) -> Any:
-    """A tensor on ``device``; floating inputs take ``dtype``; a single row gains its batch dimension."""
+    """A tensor on ``device`` cast to ``dtype`` (see ``_cast``); a single row gains its batch dimension."""
     import torch
 
-    tensor = value if isinstance(value, torch.Tensor) else _to_tensor(value, False, "cpu")
-    if tensor.is_floating_point() and tensor.dtype != dtype:
-        tensor = tensor.to(dtype)
+    tensor = _cast(value if isinstance(value, torch.Tensor) else _to_tensor(value, False, "cpu"), dtype)
     if tensor.device != device:
         tensor = tensor.to(device)
     if (rank is None and tensor.dim() == 1) or (rank is not None and tensor.dim() == rank - 1):
         tensor = tensor.unsqueeze(0)
     return tensor
+
+
+def _cast(tensor: Any, dtype: Any) -> Any:
+    """``tensor`` as ``dtype``, floats only if they are whole numbers when that is an integer type; with no
+    dtype floats become float32 and the rest stay as they are."""
+    import torch
+
+    if dtype is None:
+        dtype = torch.float32 if tensor.is_floating_point() else tensor.dtype
+    if tensor.dtype == dtype:
+        return tensor
+    if tensor.is_floating_point() and not dtype.is_floating_point and dtype != torch.bool:
+        if not bool((torch.isfinite(tensor) & (tensor == tensor.trunc())).all()):
+            raise BadRequest(f"this model takes whole numbers ({str(dtype).removeprefix('torch.')}); got fractions or non-finite values")
+    return tensor.to(dtype)
 
 
 def _exported_args(signature: ExportSignature, data: Any, device: Any, dtype: Any) -> list[Any]:
@@ -211,8 +237,6 @@ def _exported_args(signature: ExportSignature, data: Any, device: Any, dtype: An
     args = []
     for name, value, example in zip(signature.names, values, signature.examples):
         tensor = _input(value, device, example.dtype, rank=example.dim())
-        if tensor.dtype != example.dtype:
-            tensor = tensor.to(example.dtype)
         if tensor.dim() != example.dim() or tuple(tensor.shape[1:]) != tuple(example.shape[1:]):
             expected = ", ".join(["batch", *map(str, example.shape[1:])])
             raise BadRequest(f"input {name!r} must have shape ({expected}); got {tuple(tensor.shape)}")

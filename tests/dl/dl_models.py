@@ -92,6 +92,22 @@ def torchscript(model_dir: Path, filename: str = "model.pt") -> Reference:
     return _torch_reference(module)
 
 
+def torchscript_embedding(model_dir: Path) -> Reference:
+    """TorchScript ``nn.Embedding(10, 3)``: its first parameter is a float table, its input integer ids."""
+    import torch
+
+    torch.manual_seed(2)
+    module = torch.nn.Embedding(10, 3).eval()
+    model_dir.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(torch.jit.script(module), str(model_dir / "model.pt"))
+
+    def reference(ids: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(torch.from_numpy(np.atleast_2d(ids).astype(np.int64))).numpy()
+
+    return reference
+
+
 def torch_export(model_dir: Path) -> Reference:
     import torch
 

@@ -18,6 +18,7 @@ from model_handlers.base import MAX_REASON_CHARS
 SETTINGS = Settings(workers=1, intra_op_threads=1)
 ROWS = dl_models.ROWS
 TORCH_MODELS = ["torchscript", "torch_export", "torch_state_dict"]
+IDS = np.array([[1, 2], [3, 9]])
 
 
 def invoke(model: Servable, body: bytes, content_type: str = "application/json"):
@@ -42,6 +43,12 @@ def two_inputs(tmp_path_factory):
     return Servable.load(model_dir, SETTINGS), reference
 
 
+@pytest.fixture(scope="module")
+def embedding_dir(tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("embedding")
+    return model_dir, dl_models.torchscript_embedding(model_dir)
+
+
 @pytest.mark.parametrize("name", TORCH_MODELS)
 @pytest.mark.parametrize(
     "body, content_type",
@@ -61,9 +68,10 @@ def test_a_list_that_is_no_array_is_a_400(artifacts, name, body, content_type):
 
 
 @pytest.mark.parametrize("name", TORCH_MODELS)
-@pytest.mark.parametrize("dtype", [">f4", ">f8"])
-def test_big_endian_npy_is_answered(artifacts, name, dtype):
-    rows = ROWS.astype(dtype)
+@pytest.mark.parametrize("dtype", [">f4", ">f8", "int64", "int32", "uint8", "bool"])
+def test_any_numeric_npy_is_cast_to_the_models_float_dtype(artifacts, name, dtype):
+    rows = np.array([[1, 0, 1, 1], [0, 2, 3, 1]]) if dtype in ("uint8", "bool") else ROWS
+    rows = rows.astype(dtype)
     answer = invoke(Servable.load(artifacts(name).model_dir, SETTINGS), npy(rows), "application/x-npy")
     assert_close(answer, artifacts(name).expected(rows.astype(np.float32)))
 
@@ -75,6 +83,22 @@ def test_big_endian_npz_members_are_answered(two_inputs):
     expected_first, expected_second = reference(ROWS, offset)
     assert_close(first, expected_first)
     assert_close(second, expected_second)
+
+
+@pytest.mark.parametrize("dtype", ["int64", "int32", "int16", "uint8", "uint64", ">i8", "bool"])
+def test_an_embedding_model_takes_ids_of_any_integer_dtype(embedding_dir, dtype):
+    model_dir, reference = embedding_dir
+    ids = IDS.astype(dtype)
+    assert_close(invoke(Servable.load(model_dir, SETTINGS), npy(ids), "application/x-npy"), reference(ids))
+
+
+def test_an_embedding_model_takes_json_ids_and_refuses_fractions(embedding_dir):
+    model_dir, reference = embedding_dir
+    model = Servable.load(model_dir, SETTINGS)
+    assert_close(invoke(model, orjson.dumps(IDS.tolist())), reference(IDS))
+    for bad in (b"[[1, 2.5]]", b"[[0.5, 1]]"):
+        with pytest.raises(BadRequest, match=r"takes whole numbers \(int64\)"):
+            invoke(model, bad)
 
 
 @pytest.mark.parametrize("name", ["torch_export", "onnx_skl2onnx"])
