@@ -8,6 +8,7 @@ sent dtype for NPY.
 
 from __future__ import annotations
 
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,10 @@ ARTIFACT_SUFFIXES = (".pt2", ".pt", ".pth")
 TEXT_TYPES = ("application/json", "text/csv", "application/jsonlines")
 MAX_ANSWERED_SHAPES = 64  # a model taking varying sequence lengths would otherwise grow the set forever
 EMBEDDINGS = ("Embedding", "EmbeddingBag")  # TorchScript keeps a module's class name as original_name
+# ATen's index checks (a c10::IndexError, which TorchScript reports as a plain RuntimeError) and what
+# TorchScript code raised itself.
+_INPUT_FAULT = re.compile(r"^(builtins\.(IndexError|ValueError|TypeError): |(RuntimeError: )?index .*out of (range|bounds))")
+_ERROR_TYPE = re.compile(r"^(RuntimeError|builtins\.\w+): ")
 
 
 @dataclass(frozen=True)
@@ -93,8 +98,7 @@ class PyTorchHandler(Handler):
         device, dtype = _placement(model)
         with torch.inference_mode():
             if signature is not None:
-                args = _exported_args(signature, data, device, dtype)
-                return to_numpy(model(*args))
+                return to_numpy(_run_exported(model, _exported_args(signature, data, device, dtype)))
             if isinstance(data, dict):
                 inputs = {name: _input(value, device, dtype) for name, value in data.items()}
             else:
@@ -102,17 +106,22 @@ class PyTorchHandler(Handler):
             return to_numpy(self._run(model, inputs))
 
     def _run(self, model: Any, inputs: Any) -> Any:
-        """Run a module that declares no input shapes. A RuntimeError for an input shaped unlike every
-        input it has answered is the request's fault: a 400 naming both shapes."""
+        """Run a module that declares no input shapes. Once it has answered, an error for an input shaped
+        unlike every input it has answered is the request's fault (a 400 naming both shapes), and so is
+        an error about the values (see ``_rejected``)."""
+        import torch
+
         shape = _shape_of(inputs)
         answered = self.answered_shapes.setdefault(id(model), set())
         try:
             output = model(**inputs) if isinstance(inputs, dict) else model(inputs)
-        except RuntimeError as exc:
-            if not answered or shape in answered:
+        except (RuntimeError, torch.jit.Error, IndexError, ValueError, TypeError) as exc:
+            if not answered:
                 raise
-            raise BadRequest(f"PyTorch rejected the input: {_reason(exc)} (this model has answered inputs of "
-                             f"shape {' or '.join(sorted(answered))}; got {shape})") from exc
+            if shape not in answered:
+                raise BadRequest(f"PyTorch rejected the input: {_reason(exc)} (this model has answered inputs of "
+                                 f"shape {' or '.join(sorted(answered))}; got {shape})") from exc
+            raise _rejected(exc) or exc
         if len(answered) < MAX_ANSWERED_SHAPES:
             answered.add(shape)
         return output
@@ -244,6 +253,30 @@ def _exported_args(signature: ExportSignature, data: Any, device: Any, dtype: An
     return args
 
 
+def _run_exported(model: Any, args: list[Any]) -> Any:
+    """Run an exported program: the warm-up ran it on its example inputs, so its guards on their shapes
+    and errors about the values (see ``_rejected``) are the request's fault."""
+    import torch
+
+    try:
+        return model(*args)
+    except AssertionError as exc:
+        if not str(exc).startswith("Guard failed"):
+            raise
+        raise BadRequest(f"PyTorch rejected the input: {clip_reason(str(exc))}") from exc
+    except (RuntimeError, torch.jit.Error, IndexError, ValueError, TypeError) as exc:
+        raise _rejected(exc) or exc
+
+
+def _rejected(exc: Exception) -> BadRequest | None:
+    """A 400 for a model's error about a request's values, from a model that has shown it works: Python's
+    IndexError, ValueError and TypeError, and ATen's index checks. None for the rest (running out of memory,
+    CUDA errors, the model's bugs), which stay 500s."""
+    if isinstance(exc, (IndexError, ValueError, TypeError)) or _INPUT_FAULT.match(_last_line(exc)):
+        return BadRequest(f"PyTorch rejected the input: {_reason(exc)}")
+    return None
+
+
 def _shape_of(inputs: Any) -> str:
     """``(batch, 4)``: an input's shape with its batch size left out; ``{name: ...}`` for named inputs."""
     if isinstance(inputs, dict):
@@ -253,11 +286,15 @@ def _shape_of(inputs: Any) -> str:
     return "(" + ", ".join(["batch", *map(str, inputs.shape[1:])]) + ")"
 
 
-def _reason(exc: RuntimeError) -> str:
-    """The error's last line: TorchScript puts the interpreter's traceback first and the error last."""
+def _reason(exc: Exception) -> str:
+    """The error's last line without its type."""
+    return clip_reason(_ERROR_TYPE.sub("", _last_line(exc)))
+
+
+def _last_line(exc: Exception) -> str:
+    """TorchScript puts the interpreter's traceback first and the error last."""
     lines = str(exc).strip().splitlines() or [type(exc).__name__]
-    reason = lines[-1].removeprefix("RuntimeError: ")
-    return clip_reason(reason)
+    return lines[-1]
 
 
 def to_numpy(value: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 
 import numpy as np
 import orjson
@@ -13,6 +14,7 @@ from byoc_serve.config import Settings
 from byoc_serve.errors import BadRequest
 from byoc_serve.servable import Invocation, Servable
 from dl_support import assert_close, npy
+from harness import ServeProcess
 from model_handlers.base import MAX_REASON_CHARS
 
 SETTINGS = Settings(workers=1, intra_op_threads=1)
@@ -101,6 +103,39 @@ def test_an_embedding_model_takes_json_ids_and_refuses_fractions(embedding_dir):
             invoke(model, bad)
 
 
+@pytest.mark.parametrize("ids", [b"[[1, 12]]", b"[[-1, 2]]"])
+def test_an_id_outside_the_table_is_a_400_once_the_model_has_answered(embedding_dir, ids):
+    model_dir, reference = embedding_dir
+    model = Servable.load(model_dir, SETTINGS)
+    assert_close(invoke(model, orjson.dumps(IDS.tolist())), reference(IDS))
+    with pytest.raises(BadRequest, match=r"^PyTorch rejected the input: index out of range in self$"):
+        invoke(model, ids)
+    assert_close(invoke(model, orjson.dumps(IDS.tolist())), reference(IDS))
+
+
+def test_a_value_error_a_scripted_model_raises_is_a_400_once_it_has_answered(tmp_path):
+    import torch
+
+    class Positive(torch.nn.Module):
+        def forward(self, x):
+            if bool((x < 0).any()):
+                raise ValueError("x must not be negative")
+            return x * 2
+
+    torch.jit.save(torch.jit.script(Positive()), str(tmp_path / "model.pt"))
+    model = Servable.load(tmp_path, SETTINGS)
+    assert invoke(model, b"[[1, 2]]") == [[2.0, 4.0]]
+    with pytest.raises(BadRequest, match=r"^PyTorch rejected the input: x must not be negative$"):
+        invoke(model, b"[[1, -2]]")
+
+
+def test_a_batch_size_the_exported_program_refuses_is_a_400_naming_its_guard(two_inputs):
+    model, _ = two_inputs
+    body = orjson.dumps({"inputs": {"features": ROWS[:2].tolist(), "offset": [1, 2, 3]}})
+    with pytest.raises(BadRequest, match=r"Guard failed: offset\.size\(\)\[0\] == features\.size\(\)\[0\]"):
+        invoke(model, body)
+
+
 @pytest.mark.parametrize("name", ["torch_export", "onnx_skl2onnx"])
 def test_a_listing_of_input_names_is_clipped(artifacts, name):
     model = Servable.load(artifacts(name).model_dir, SETTINGS)
@@ -109,3 +144,20 @@ def test_a_listing_of_input_names_is_clipped(artifacts, name):
         with pytest.raises(BadRequest) as info:
             invoke(model, body)
         assert len(info.value.message) <= MAX_REASON_CHARS, info.value.message[:500]
+
+
+def test_an_embedding_model_on_the_stack_answers_ids_and_400s_bad_ones(embedding_dir):
+    model_dir, reference = embedding_dir
+    server = ServeProcess(model_dir, env={"BYOC_WORKERS": "1"}).start(timeout=120)
+    good = {"data": orjson.dumps(IDS.tolist()), "headers": {"Content-Type": "application/json"}}
+    try:
+        response = server.post("/invocations", **good)
+        assert response.status_code == 200, response.text
+        assert_close(response.json(), reference(IDS))
+        for bad in (b"[[1, 12]]", b"[[1, 2], [3]]", b"[[1.5, 2]]"):
+            response = server.post("/invocations", data=bad, headers={"Content-Type": "application/json"})
+            assert response.status_code == 400 and response.json()["code"] == 400, response.text
+        server.assert_healthy(good)
+    finally:
+        server.stop()
+        shutil.rmtree(server.run_dir, ignore_errors=True)
