@@ -8,6 +8,7 @@ sent dtype for NPY.
 
 from __future__ import annotations
 
+import inspect
 import re
 import zipfile
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import numpy as np
 from byoc_serve import codecs
 from byoc_serve.errors import BadRequest, ModelFailure
 from model_handlers import devices
-from model_handlers.base import Context, Handler, check_input_names, clip_reason, find_artifact
+from model_handlers.base import Context, Handler, check_input_names, clip_reason, find_artifact, named_columns
 
 ARTIFACT_NAMES = ("model.pt2", "model.pt", "model.pth")
 ARTIFACT_SUFFIXES = (".pt2", ".pt", ".pth")
@@ -82,7 +83,7 @@ class PyTorchHandler(Handler):
         return module
 
     def decode(self, body: bytes, content_type: str, context: Context) -> Any:
-        data = codecs.decode(body, content_type)
+        data = named_columns(codecs.decode(body, content_type))
         as_float = codecs.parse_media_type(content_type) in TEXT_TYPES
         device = _request_device(context)
         if isinstance(data, dict):
@@ -100,6 +101,7 @@ class PyTorchHandler(Handler):
             if signature is not None:
                 return to_numpy(_run_exported(model, _exported_args(signature, data, device, dtype)))
             if isinstance(data, dict):
+                _check_names(model, data)
                 inputs = {name: _input(value, device, dtype) for name, value in data.items()}
             else:
                 inputs = _input(data, device, dtype)
@@ -230,6 +232,24 @@ def _cast(tensor: Any, dtype: Any) -> Any:
         if not bool((torch.isfinite(tensor) & (tensor == tensor.trunc())).all()):
             raise BadRequest(f"this model takes whole numbers ({str(dtype).removeprefix('torch.')}); got fractions or non-finite values")
     return tensor.to(dtype)
+
+
+def _check_names(model: Any, inputs: dict[str, Any]) -> None:
+    """A 400 for named inputs the module's forward does not take, or without one it needs."""
+    forward = getattr(model, "forward", model)  # model_fn may return any callable
+    schema = getattr(forward, "schema", None)
+    if schema is not None:  # TorchScript; its first argument is self
+        arguments = [(a.name, a.has_default_value()) for a in schema.arguments[1:]]
+    else:
+        try:
+            parameters = inspect.signature(forward).parameters.values()
+        except (TypeError, ValueError):
+            return
+        if any(p.kind == p.VAR_KEYWORD for p in parameters):
+            return
+        named = [p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        arguments = [(p.name, p.default is not p.empty) for p in named]
+    check_input_names([name for name, _ in arguments], inputs, [name for name, optional in arguments if not optional])
 
 
 def _exported_args(signature: ExportSignature, data: Any, device: Any, dtype: Any) -> list[Any]:

@@ -20,6 +20,7 @@ from model_handlers.base import MAX_REASON_CHARS
 SETTINGS = Settings(workers=1, intra_op_threads=1)
 ROWS = dl_models.ROWS
 TORCH_MODELS = ["torchscript", "torch_export", "torch_state_dict"]
+UNDECLARED = ["torchscript", "torch_state_dict"]  # TorchScript and an eager module from model_fn
 IDS = np.array([[1, 2], [3, 9]])
 
 
@@ -136,7 +137,28 @@ def test_a_batch_size_the_exported_program_refuses_is_a_400_naming_its_guard(two
         invoke(model, body)
 
 
-@pytest.mark.parametrize("name", ["torch_export", "onnx_skl2onnx"])
+@pytest.mark.parametrize("name", UNDECLARED)
+@pytest.mark.parametrize(
+    "body, unknown",
+    [
+        (orjson.dumps({"inputs": {"nope": ROWS.tolist()}}), "unknown ['nope']"),
+        (orjson.dumps({"inputs": {"x": ROWS.tolist(), "extra": [1]}}), "unknown ['extra']"),
+        (orjson.dumps({"inputs": {"self": ROWS.tolist()}}), "unknown ['self']"),
+        (npz(x=ROWS, y=ROWS), "unknown ['y']"),
+    ],
+    ids=["wrong_name", "extra_name", "self", "npz_members"],
+)
+def test_inputs_the_module_does_not_take_are_a_400_naming_them(artifacts, name, body, unknown):
+    model = Servable.load(artifacts(name).model_dir, SETTINGS)  # fresh: the check needs no earlier answer
+    content_type = "application/x-npz" if body.startswith(b"PK") else "application/json"
+    with pytest.raises(BadRequest, match=r"^this model takes inputs \['x'\]; ") as info:
+        invoke(model, body, content_type)
+    assert unknown in info.value.message
+    named = invoke(model, orjson.dumps({"inputs": {"x": ROWS.tolist()}}))
+    assert_close(named, artifacts(name).expected(ROWS))
+
+
+@pytest.mark.parametrize("name", ["torchscript", "torch_export", "onnx_skl2onnx"])
 def test_a_listing_of_input_names_is_clipped(artifacts, name):
     model = Servable.load(artifacts(name).model_dir, SETTINGS)
     columns = {f"k{i}": 1 for i in range(20000)}
@@ -144,6 +166,19 @@ def test_a_listing_of_input_names_is_clipped(artifacts, name):
         with pytest.raises(BadRequest) as info:
             invoke(model, body)
         assert len(info.value.message) <= MAX_REASON_CHARS, info.value.message[:500]
+
+
+def test_tf_servings_row_format_feeds_named_inputs(artifacts, two_inputs):
+    model, reference = two_inputs
+    offset = np.array([1, 2])
+    rows = [{"features": row, "offset": int(o)} for row, o in zip(ROWS[:2].tolist(), offset)]
+    first, second = invoke(model, orjson.dumps({"instances": rows}))
+    expected_first, expected_second = reference(ROWS[:2], offset)
+    assert_close(first, expected_first)
+    assert_close(second, expected_second)
+    scripted = Servable.load(artifacts("torchscript").model_dir, SETTINGS)
+    answer = invoke(scripted, orjson.dumps({"instances": [{"x": row} for row in ROWS.tolist()]}))
+    assert_close(answer, artifacts("torchscript").expected(ROWS))
 
 
 def test_an_embedding_model_on_the_stack_answers_ids_and_400s_bad_ones(embedding_dir):
