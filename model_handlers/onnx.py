@@ -18,6 +18,7 @@ import numpy as np
 from byoc_serve.errors import BadRequest
 from model_handlers import devices
 from model_handlers.base import Context, Handler, clip_reason, find_artifact, match_named_inputs
+from model_handlers.inputs import numbers, shaped
 
 ARTIFACT_NAMES = ("model.onnx",)
 ARTIFACT_SUFFIXES = (".onnx",)
@@ -98,16 +99,14 @@ def _describe(node: Any) -> OnnxInput:
 
 def _feed(spec: OnnxInput, value: Any) -> np.ndarray:
     """``value`` as the input's dtype, a single example gaining its batch dimension, its shape checked."""
-    try:
-        array = np.asarray(value, dtype=spec.dtype)
-    except (ValueError, TypeError) as exc:
-        raise BadRequest(f"input {spec.name!r} cannot be read as {np.dtype(spec.dtype)}: {exc}") from None
-    if spec.shape and array.ndim == len(spec.shape) - 1:
-        array = array[np.newaxis]
-    if spec.shape and (array.ndim != len(spec.shape) or any(d is not None and d != n for d, n in zip(spec.shape, array.shape))):
-        expected = ", ".join("batch" if d is None else str(d) for d in spec.shape)
-        raise BadRequest(f"input {spec.name!r} must have shape ({expected}); got {array.shape}")
-    return array
+    if spec.dtype is np.object_:
+        try:
+            array = np.asarray(value, dtype=spec.dtype)
+        except (ValueError, TypeError) as exc:
+            raise BadRequest(f"input {spec.name!r} cannot be read as {np.dtype(spec.dtype)}: {exc}") from None
+    else:
+        array = numbers(spec.name, value, np.dtype(spec.dtype))
+    return shaped(spec.name, array, spec.shape or None)
 
 
 def _reason(exc: Exception) -> str:

@@ -22,6 +22,7 @@ from byoc_serve import codecs
 from byoc_serve.errors import BadRequest, ModelFailure
 from model_handlers import devices
 from model_handlers.base import Context, Handler, artifact_bytes, clip_reason, find_artifact, match_named_inputs
+from model_handlers.inputs import numbers, shaped
 
 log = logging.getLogger("byoc_serve.handlers.tensorflow")
 
@@ -42,7 +43,7 @@ class TensorSpec:
     """One named input of a signature, framework-free: dtype is a numpy dtype (object for strings)."""
 
     name: str
-    shape: tuple[int | None, ...]
+    shape: tuple[int | None, ...] | None  # None: a rank the signature leaves open
     dtype: np.dtype
 
 
@@ -138,7 +139,7 @@ class TensorFlowHandler(Handler):
         specs = model.inputs if isinstance(model, SignatureModel) else keras_inputs(model)
         if not specs or any(spec.dtype.kind == "O" for spec in specs):
             return None  # string inputs (e.g. serialized tf.Example) have no safe synthetic value
-        return {spec.name: np.zeros([1 if d is None else d for d in spec.shape], spec.dtype) for spec in specs}
+        return {spec.name: np.zeros([1 if d is None else d for d in spec.shape or ()], spec.dtype) for spec in specs}
 
 
 def find_saved_model(model_dir: Path) -> Path | None:
@@ -165,7 +166,7 @@ def _load_signature(tf: Any, path: Path, signature: str) -> SignatureModel:
     function = loaded.signatures[signature]
     _, named = function.structured_input_signature
     inputs = tuple(
-        TensorSpec(name, tuple(spec.shape.as_list()) if spec.shape.rank is not None else (), _numpy_dtype(spec.dtype))
+        TensorSpec(name, tuple(spec.shape.as_list()) if spec.shape.rank is not None else None, _numpy_dtype(spec.dtype))
         for name, spec in sorted(named.items())
     )
     return SignatureModel(loaded=loaded, function=function, signature=signature, inputs=inputs)
@@ -199,20 +200,17 @@ def _numpy_dtype(dtype: Any) -> np.dtype:
 
 def _array(spec: TensorSpec, value: Any) -> np.ndarray:
     """``value`` as the spec's dtype, a single example gaining its batch dimension, its shape checked."""
-    strings = spec.dtype.kind == "O"
-    try:
-        # Strings stay bytes objects: a numpy bytes dtype would drop a serialized proto's trailing NULs.
-        array = np.asarray(_as_bytes(value.tolist() if isinstance(value, np.ndarray) else value) if strings else value, dtype=spec.dtype)
-    except (ValueError, TypeError) as exc:
-        raise BadRequest(f"input {spec.name!r} cannot be read as {spec.dtype}: {exc}") from None
-    if strings and not all(isinstance(item, bytes) for item in array.flat):
-        raise BadRequest(f"input {spec.name!r} takes strings (or {{\"b64\": ...}} for bytes)")
-    if array.ndim == len(spec.shape) - 1:
-        array = array[np.newaxis]
-    if array.ndim != len(spec.shape) or any(d is not None and d != n for d, n in zip(spec.shape, array.shape)):
-        expected = ", ".join("batch" if d is None else str(d) for d in spec.shape)
-        raise BadRequest(f"input {spec.name!r} must have shape ({expected}); got {array.shape}")
-    return array
+    if spec.dtype.kind == "O":
+        try:
+            # Strings stay bytes objects: a numpy bytes dtype would drop a serialized proto's trailing NULs.
+            array = np.asarray(_as_bytes(value.tolist() if isinstance(value, np.ndarray) else value), dtype=object)
+        except (ValueError, TypeError) as exc:
+            raise BadRequest(f"input {spec.name!r} cannot be read as {spec.dtype}: {exc}") from None
+        if not all(isinstance(item, bytes) for item in array.flat):
+            raise BadRequest(f"input {spec.name!r} takes strings (or {{\"b64\": ...}} for bytes)")
+    else:
+        array = numbers(spec.name, value, spec.dtype)
+    return shaped(spec.name, array, spec.shape)
 
 
 def _tensor(spec: TensorSpec, value: Any) -> Any:

@@ -277,3 +277,37 @@ def onnx_classifier(model_dir: Path, zipmap: bool = False):
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "model.onnx").write_bytes(onx.SerializeToString())
     return lambda rows: (model.predict(np.atleast_2d(rows)), model.predict_proba(np.atleast_2d(rows)))
+
+
+def tf_edge_models(path: Path) -> None:
+    """A SavedModel whose signatures stress the handler's edges: ``prefix`` (its input's first 4 bytes,
+    which may split a UTF-8 character), ``echo`` (bytes back unchanged), ``length`` (the bytes in all of
+    ``data``), ``sums`` (per row and a scalar total of ``x`` [batch, 4]) and ``any_rank`` (``x`` of
+    unknown rank, doubled)."""
+    import tensorflow as tf
+
+    class Edges(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+        def prefix(self, text):
+            return {"prefix": tf.strings.substr(text, 0, 4)}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="data")])
+        def echo(self, data):
+            return {"data": tf.identity(data)}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="data")])
+        def length(self, data):
+            return {"bytes": tf.reduce_sum(tf.strings.length(data))}
+
+        @tf.function(input_signature=[tf.TensorSpec([None, N_FEATURES], tf.float32, name="x")])
+        def sums(self, x):
+            return {"rows": tf.reduce_sum(x, -1), "total": tf.reduce_sum(x)}
+
+        @tf.function(input_signature=[tf.TensorSpec(None, tf.float32, name="x")])
+        def any_rank(self, x):
+            return {"doubled": x * 2}
+
+    module = Edges()
+    signatures = {name: getattr(module, name) for name in ("prefix", "echo", "length", "sums", "any_rank")}
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.sums, **signatures})
+

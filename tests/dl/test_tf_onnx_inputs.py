@@ -1,0 +1,103 @@
+"""TensorFlow, Keras and ONNX inputs a client can get wrong, and outputs JSON cannot carry as they are."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+import dl_models
+from byoc_serve.config import Settings
+from byoc_serve.errors import BadRequest
+from byoc_serve.servable import Invocation, Servable
+from dl_support import npy
+
+SETTINGS = Settings(workers=1, intra_op_threads=1)
+ROWS = dl_models.ROWS
+_loaded: dict[tuple[Path, Settings], Servable] = {}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    """The models of these tests, one directory each."""
+    root = tmp_path_factory.mktemp("inputs")
+    dl_models.tf_rejecting_models(root)
+    dl_models.tf_edge_models(root / "edges")
+    dl_models.onnx_lookup(root / "onnx")
+    dl_models.saved_model(root / "scorer")
+    return root
+
+
+def served(model_dir: Path, **settings) -> Servable:
+    key = (model_dir, replace(SETTINGS, **settings))
+    if key not in _loaded:
+        _loaded[key] = Servable.load(*key)
+    return _loaded[key]
+
+
+def invoke(model: Servable, body: bytes, content_type: str = "application/json"):
+    return orjson.loads(model.invoke(Invocation(body, content_type, "application/json")).body)
+
+
+# ---------------------------------------------------------------------------------------- numbers
+
+
+@pytest.mark.parametrize("name, dtype", [("saved_model", "int64"), ("keras", "int32"), ("onnx", "int64")])
+@pytest.mark.parametrize("ids", [[2**63, 1], [2**64 - 1, 1], [2**64, 1], [-(2**64), 1]])
+def test_ids_beyond_int64_are_a_400_naming_the_input_and_its_dtype(root, name, dtype, ids):
+    model = served(root / name)
+    for body in ({"instances": [{"ids": ids}]}, {"inputs": {"ids": [ids]}}, [ids]):
+        with pytest.raises(BadRequest, match=rf"^input 'ids' .*{dtype}"):
+            invoke(model, json.dumps(body).encode())  # orjson cannot write integers beyond 64 bits
+    assert np.shape(invoke(model, b"[[1, 9]]")) == (1, 2, 3)  # and the model still answers
+
+
+@pytest.mark.parametrize(
+    "name, body, content_type",
+    [
+        ("keras", b'{"inputs": {"ids": [[4294967297, 1]]}}', "application/json"),  # was id 1's vector
+        ("keras", b'{"inputs": {"ids": [[1099511627776, 1]]}}', "application/json"),  # was id 0's
+        ("keras", npy(np.array([[8589934595, 1]], np.int64)), "application/x-npy"),  # was id 3's
+        ("keras", b"[[1.5, 2]]", "application/json"),  # was id 1's
+        ("saved_model", npy(np.array([[2**63, 1]], np.uint64)), "application/x-npy"),
+        ("saved_model", npy(np.array([[np.nan, 1]])), "application/x-npy"),
+        ("onnx", npy(np.array([[2.5, 1]])), "application/x-npy"),
+    ],
+)
+def test_ids_a_cast_would_change_are_a_400_not_another_ids_answer(root, name, body, content_type):
+    with pytest.raises(BadRequest, match=r"^input 'ids' .*int(32|64)"):
+        invoke(served(root / name), body, content_type)
+
+
+@pytest.mark.parametrize("name", ["saved_model", "keras", "onnx"])
+def test_whole_numbers_in_range_are_cast_whatever_their_type(root, name):
+    model = served(root / name)
+    expected = invoke(model, b"[[1, 9]]")
+    for body, content_type in ((b"1,9", "text/csv"), (npy(np.array([[1.0, 9.0]])), "application/x-npy"),
+                               (npy(np.array([[1, 9]], np.uint64)), "application/x-npy"), (b"[[1.0, 9.0]]", "application/json")):
+        assert invoke(model, body, content_type) == expected
+
+
+def test_a_float_beyond_float32_or_a_fraction_for_an_integer_is_a_400(root):
+    model = served(root / "scorer", tf_signature="shifted")
+    features = ROWS[:1].tolist()
+    with pytest.raises(BadRequest, match=r"^input 'shift' .*int64"):  # answered -9.22e18
+        invoke(model, orjson.dumps({"inputs": {"features": features, "shift": [1.5]}}))
+    with pytest.raises(BadRequest, match=r"^input 'shift' .*int64"):
+        invoke(model, orjson.dumps({"inputs": {"features": features, "shift": [1e300]}}))
+    with pytest.raises(BadRequest, match=r"^input 'features' .*float32"):  # would be inf
+        invoke(model, orjson.dumps({"inputs": {"features": [[1.0, 2.0, 3.0, 1e300]], "shift": [1]}}))
+    assert invoke(model, orjson.dumps({"inputs": {"features": [[1, 2, 3, 4]], "shift": [1.0]}})) == [11.0]
+    infinite = npy(np.array([1.0, np.inf]))  # infinity is a float32 value: passed as it is
+    assert invoke(served(root / "edges", tf_signature="any_rank"), infinite, "application/x-npy") == [2.0, None]
+
+
+def test_a_signature_of_unknown_rank_takes_any_shape(root):
+    model = served(root / "edges", tf_signature="any_rank")
+    assert invoke(model, b"5") == 10
+    assert invoke(model, b"[1, 2, 3]") == [2, 4, 6]
+    assert invoke(model, b"[[[1], [2]]]") == [[[2], [4]]]
