@@ -1,9 +1,11 @@
 """Request values as the arrays a declared input takes, by TensorFlow Serving's rules, for the
-TensorFlow and ONNX handlers: numbers only when the input's dtype holds them unchanged, shapes as
-declared."""
+TensorFlow and ONNX handlers: numbers only when the input's dtype holds them unchanged, strings as
+JSON text or ``{"b64": ...}`` bytes, shapes as declared."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any
 
 import numpy as np
@@ -37,6 +39,31 @@ def numbers(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
     if changed.any():
         raise BadRequest(f"input {name!r} takes {dtype}, which cannot hold {array[changed].flat[0].item()!r}")
     return cast
+
+
+def strings(name: str, value: Any) -> np.ndarray:
+    """JSON text as UTF-8 and ``{"b64": ...}`` objects as the bytes they carry, in an object array (a numpy
+    bytes dtype would drop a serialized proto's trailing NULs); a numpy bytes or text array as it is."""
+    if isinstance(value, np.ndarray) and value.dtype.kind in "SU":
+        return value
+    array = np.asarray(_as_bytes(name, value.tolist() if isinstance(value, np.ndarray) else value), dtype=object)
+    if not all(isinstance(item, bytes) for item in array.flat):
+        raise BadRequest(f"input {name!r} takes strings (or {{\"b64\": ...}} for bytes)")
+    return array
+
+
+def _as_bytes(name: str, value: Any) -> Any:
+    """JSON strings as UTF-8 and TensorFlow Serving's ``{"b64": ...}`` objects as the bytes they carry."""
+    if isinstance(value, list):
+        return [_as_bytes(name, item) for item in value]
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, dict) and value.keys() == {"b64"} and isinstance(value["b64"], str):
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except binascii.Error as exc:
+            raise BadRequest(f"input {name!r}: a {{\"b64\": ...}} string is not base64: {exc}") from None
+    return value
 
 
 def shaped(name: str, array: np.ndarray, shape: tuple[int | None, ...] | None) -> np.ndarray:

@@ -18,7 +18,7 @@ import numpy as np
 from byoc_serve.errors import BadRequest
 from model_handlers import devices
 from model_handlers.base import Context, Handler, clip_reason, find_artifact, match_named_inputs
-from model_handlers.inputs import numbers, shaped
+from model_handlers.inputs import numbers, shaped, strings
 
 ARTIFACT_NAMES = ("model.onnx",)
 ARTIFACT_SUFFIXES = (".onnx",)
@@ -80,6 +80,8 @@ class OnnxHandler(Handler):
             results = model.run(None, feeds)
         except InvalidArgument as exc:  # an index out of bounds, a value a kernel refuses: the input's fault
             raise BadRequest(f"ONNX Runtime rejected the input: {_reason(exc)}") from exc
+        except UnicodeDecodeError as exc:  # from a numpy bytes array fed to a string input
+            raise BadRequest(f"string inputs take UTF-8 text (ONNX Runtime strings are text): {exc}") from None
         outputs = {name: _array(value) for name, value in zip(names, results)}
         return next(iter(outputs.values())) if len(outputs) == 1 else outputs
 
@@ -100,13 +102,35 @@ def _describe(node: Any) -> OnnxInput:
 def _feed(spec: OnnxInput, value: Any) -> np.ndarray:
     """``value`` as the input's dtype, a single example gaining its batch dimension, its shape checked."""
     if spec.dtype is np.object_:
-        try:
-            array = np.asarray(value, dtype=spec.dtype)
-        except (ValueError, TypeError) as exc:
-            raise BadRequest(f"input {spec.name!r} cannot be read as {np.dtype(spec.dtype)}: {exc}") from None
+        array = _text(spec.name, strings(spec.name, value))
     else:
         array = numbers(spec.name, value, np.dtype(spec.dtype))
     return shaped(spec.name, array, spec.shape or None)
+
+
+def _text(name: str, array: np.ndarray) -> np.ndarray:
+    """Strings as onnxruntime takes them, text: it reads a numpy bytes array as UTF-8 itself (no Python
+    object per value), but turns a bytes object into its repr."""
+    if array.dtype.kind == "U":
+        return array
+    if array.dtype.kind == "S":
+        return _nul_terminated(name, array)
+    try:
+        return np.asarray(_DECODE(array), dtype=object)
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"input {name!r} takes UTF-8 text (ONNX Runtime strings are text): {exc}") from None
+
+
+def _nul_terminated(name: str, array: np.ndarray) -> np.ndarray:
+    """A numpy bytes array one byte wider: onnxruntime reads its values as C strings, so one filling its
+    width ran on into the next value. A NUL inside a value would cut it short there: a 400."""
+    octets = np.ascontiguousarray(array).view(np.uint8).reshape(-1, array.itemsize)
+    if ((octets[:, :-1] == 0) & (octets[:, 1:] != 0)).any():
+        raise BadRequest(f"input {name!r} takes text, which holds no NUL characters inside a value")
+    return array.astype(f"S{array.itemsize + 1}")
+
+
+_DECODE = np.frompyfunc(bytes.decode, 1, 1)
 
 
 def _reason(exc: Exception) -> str:

@@ -7,8 +7,6 @@ objects (``{"inputs": {...}}``); a signature with one input also takes a plain a
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import re
 from dataclasses import dataclass
@@ -22,7 +20,7 @@ from byoc_serve import codecs
 from byoc_serve.errors import BadRequest, ModelFailure
 from model_handlers import devices
 from model_handlers.base import Context, Handler, artifact_bytes, clip_reason, find_artifact, match_named_inputs
-from model_handlers.inputs import numbers, shaped
+from model_handlers.inputs import numbers, shaped, strings
 
 log = logging.getLogger("byoc_serve.handlers.tensorflow")
 
@@ -201,13 +199,7 @@ def _numpy_dtype(dtype: Any) -> np.dtype:
 def _array(spec: TensorSpec, value: Any) -> np.ndarray:
     """``value`` as the spec's dtype, a single example gaining its batch dimension, its shape checked."""
     if spec.dtype.kind == "O":
-        try:
-            # Strings stay bytes objects: a numpy bytes dtype would drop a serialized proto's trailing NULs.
-            array = np.asarray(_as_bytes(value.tolist() if isinstance(value, np.ndarray) else value), dtype=object)
-        except (ValueError, TypeError) as exc:
-            raise BadRequest(f"input {spec.name!r} cannot be read as {spec.dtype}: {exc}") from None
-        if not all(isinstance(item, bytes) for item in array.flat):
-            raise BadRequest(f"input {spec.name!r} takes strings (or {{\"b64\": ...}} for bytes)")
+        array = strings(spec.name, value)
     else:
         array = numbers(spec.name, value, spec.dtype)
     return shaped(spec.name, array, spec.shape)
@@ -217,20 +209,6 @@ def _tensor(spec: TensorSpec, value: Any) -> Any:
     import tensorflow as tf
 
     return tf.constant(_array(spec, value))
-
-
-def _as_bytes(value: Any) -> Any:
-    """JSON strings as UTF-8 and TensorFlow Serving's ``{"b64": ...}`` objects as the bytes they carry."""
-    if isinstance(value, list):
-        return [_as_bytes(item) for item in value]
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, dict) and value.keys() == {"b64"} and isinstance(value["b64"], str):
-        try:
-            return base64.b64decode(value["b64"], validate=True)
-        except binascii.Error as exc:
-            raise BadRequest(f"a {{\"b64\": ...}} string is not base64: {exc}") from None
-    return value
 
 
 def _unknown_input(data: Any) -> Any:

@@ -311,3 +311,19 @@ def tf_edge_models(path: Path) -> None:
     signatures = {name: getattr(module, name) for name in ("prefix", "echo", "length", "sums", "any_rank")}
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.sums, **signatures})
 
+
+def onnx_strings(model_dir: Path) -> None:
+    """An ONNX graph that answers its string input ``text`` [batch] unchanged."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["text"], ["echo"])],
+        "strings",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, [None])],
+        [helper.make_tensor_value_info("echo", TensorProto.STRING, [None])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    model_dir.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(model_dir / "model.onnx"))
