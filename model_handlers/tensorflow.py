@@ -115,7 +115,11 @@ class TensorFlowHandler(Handler):
         try:
             return self._run(model, data)
         except tf.errors.InvalidArgumentError as exc:
-            raise BadRequest(f"TensorFlow rejected the input: {_reason(exc)}") from exc
+            raise BadRequest(f"TensorFlow rejected the input: {_reason(exc.message)}") from exc
+        except UnicodeDecodeError as exc:
+            # TensorFlow quotes the input it could not parse in its message, and fails to decode the message
+            # when that input is not UTF-8 (a corrupt serialized tf.Example): the reason is still in its bytes.
+            raise BadRequest(f"TensorFlow rejected the input: {_reason(exc.object.decode('utf-8', 'backslashreplace'))}") from exc
 
     def _run(self, model: Any, data: Any) -> Any:
         if isinstance(model, SignatureModel):
@@ -239,11 +243,11 @@ def _rows(prediction: Any) -> Any:
     return [dict(zip(prediction, values)) for values in zip(*prediction.values())]
 
 
-def _reason(exc: Any) -> str:
+def _reason(message: str) -> str:
     """The line of TensorFlow's message that says what was wrong, without the graph node, the op and
     the stack trace around it (``indices[1] = 50 is not in [0, 10)``)."""
-    lines = [line for line in exc.message.splitlines() if line.strip() and not line[0].isspace()]
-    reason = next((line for line in reversed(lines) if not line.startswith(_FRAMING)), exc.message.strip())
+    lines = [line for line in message.splitlines() if line.strip() and not line[0].isspace()]
+    reason = next((line for line in reversed(lines) if not line.startswith(_FRAMING)), message.strip())
     reason = _OP_SUFFIX.sub("", _NODE_PREFIX.sub("", reason))
     return clip_reason(reason)
 

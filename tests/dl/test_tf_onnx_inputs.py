@@ -112,6 +112,14 @@ def test_a_signature_of_unknown_rank_takes_any_shape(root):
 # ---------------------------------------------------------------------------------------- strings
 
 
+def test_a_corrupt_serialized_example_is_a_400_with_tensorflows_reason(root):
+    model = served(root / "examples")
+    with pytest.raises(BadRequest, match=r"^TensorFlow rejected the input: Could not parse example input, value: '\\xff\\xfe"):
+        invoke(model, orjson.dumps({"instances": [b64(b"\xff\xfe\x00garbage")]}))
+    with pytest.raises(BadRequest, match=r"^TensorFlow rejected the input: Could not parse example input, value: 'hello'$"):
+        invoke(model, orjson.dumps(["hello"]))
+
+
 ONNX_STRING_INPUTS = [[1, 2], [None], [True], [{"b64": "not base64?"}], [["a"], ["b", "c"]], [{"text": "a"}, "b"]]
 
 
