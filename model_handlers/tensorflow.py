@@ -7,6 +7,7 @@ objects (``{"inputs": {...}}``); a signature with one input also takes a plain a
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
 from dataclasses import dataclass
@@ -255,5 +256,16 @@ def _reason(message: str) -> str:
 def _to_numpy(tensor: Any) -> np.ndarray:
     array = tensor.numpy()
     if array.dtype.kind == "O":  # tf.string comes back as bytes objects; JSON needs text
-        return np.char.decode(array.astype(bytes), "utf-8")
+        return np.asarray(_TEXT_OR_B64(array), dtype=object)
     return array
+
+
+def _text_or_b64(value: bytes) -> str | dict[str, str]:
+    """A string output as text when it is UTF-8, else as TensorFlow Serving writes bytes: ``{"b64": ...}``."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"b64": base64.b64encode(value).decode("ascii")}
+
+
+_TEXT_OR_B64 = np.frompyfunc(_text_or_b64, 1, 1)

@@ -13,7 +13,7 @@ import pytest
 
 import dl_models
 from byoc_serve.config import Settings
-from byoc_serve.errors import BadRequest
+from byoc_serve.errors import BadRequest, NotAcceptable
 from byoc_serve.servable import Invocation, Servable
 from dl_support import npy
 
@@ -118,6 +118,17 @@ def test_a_corrupt_serialized_example_is_a_400_with_tensorflows_reason(root):
         invoke(model, orjson.dumps({"instances": [b64(b"\xff\xfe\x00garbage")]}))
     with pytest.raises(BadRequest, match=r"^TensorFlow rejected the input: Could not parse example input, value: 'hello'$"):
         invoke(model, orjson.dumps(["hello"]))
+
+
+def test_string_outputs_that_are_not_utf8_come_back_as_b64(root):
+    prefix = served(root / "edges", tf_signature="prefix")
+    assert invoke(prefix, orjson.dumps(["日本語", "abcdef"])) == [b64("日本語".encode()[:4]), "abcd"]
+    echo = served(root / "edges", tf_signature="echo")
+    assert invoke(echo, orjson.dumps([b64(b"\xff\xfe\xfd\xfc"), "ok", b64(b"a\x00")])) == [b64(b"\xff\xfe\xfd\xfc"), "ok", "a\x00"]
+    assert invoke(echo, npy(np.array([b"\xff\xfe", b"ab"])), "application/x-npy") == [b64(b"\xff\xfe"), "ab"]  # numpy bytes too
+    assert invoke(echo, npy(np.array(["é"])), "application/x-npy") == ["é"]
+    with pytest.raises(NotAcceptable, match="ask for application/json"):
+        echo.invoke(Invocation(orjson.dumps(["ok"]), "application/json", "application/x-npy"))
 
 
 ONNX_STRING_INPUTS = [[1, 2], [None], [True], [{"b64": "not base64?"}], [["a"], ["b", "c"]], [{"text": "a"}, "b"]]
