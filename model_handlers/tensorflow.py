@@ -238,7 +238,20 @@ def _without_signature_name(body: bytes, served: str) -> bytes:
 
 
 def _rows(prediction: Any) -> Any:
-    """Named outputs as one object per instance (TensorFlow Serving's row format); one output as is."""
+    """Named outputs as one object per instance (TensorFlow Serving's row format); one output as is.
+
+    As TensorFlow Serving does, a 400 unless every output has the same batch dimension to split on.
+    """
+    batch = None
+    for name, value in (prediction if isinstance(prediction, dict) else {None: prediction}).items():
+        output = "the output" if name is None else f"output {name!r}"
+        if np.ndim(value) == 0 or batch is not None and len(value) != batch:
+            detail = "has no batch dimension" if np.ndim(value) == 0 else f"has {len(value)} rows, the others {batch}"
+            raise BadRequest(
+                f"the row format answers one prediction per instance, but {output} {detail}; "
+                "send {\"inputs\": ...} for the columnar answer"
+            )
+        batch = len(value)
     if not isinstance(prediction, dict):
         return prediction
     return [dict(zip(prediction, values)) for values in zip(*prediction.values())]

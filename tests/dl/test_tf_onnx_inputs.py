@@ -164,3 +164,18 @@ def test_numpy_string_arrays_reach_the_framework_without_a_python_object_per_val
         assert _array(TensorSpec("text", (None,), np.dtype(object)), array) is array
         fed = _feed(OnnxInput("text", (None,), np.object_), array)
         assert fed.dtype == array.dtype or fed.dtype == "S2"  # bytes one NUL wider: onnxruntime reads C strings
+
+
+# ------------------------------------------------------------------------------- TensorFlow Serving
+
+
+def test_row_format_answer_with_an_unbatched_output_is_tf_servings_400(root):
+    model = served(root / "edges", tf_response="tfserving")
+    with pytest.raises(BadRequest, match=r"'total' has no batch dimension.*\{\"inputs\": \.\.\.\}"):
+        invoke(model, b"[[1, 2, 3, 4], [5, 6, 7, 8]]")
+    assert invoke(model, b'{"inputs": [[1, 2, 3, 4], [5, 6, 7, 8]]}') == {"outputs": {"rows": [10, 26], "total": 36}}
+    assert invoke(served(root / "edges"), b"[[1, 2, 3, 4], [5, 6, 7, 8]]") == {"rows": [10, 26], "total": 36}
+    from model_handlers.tensorflow import _rows
+
+    with pytest.raises(BadRequest, match=r"output 'b' has 3 rows, the others 2"):  # zip cut it to 2
+        _rows({"a": np.zeros(2), "b": np.zeros(3)})
