@@ -98,6 +98,7 @@ class TensorFlowHandler(Handler):
         ``{"inputs": ...}`` request, ``{"predictions": [one per instance]}`` for anything else."""
         if context.settings.tf_response != "tfserving" or accept != "application/json" or context.settings.batch:
             return super().handle(model, body, content_type, accept, context)
+        body, content_type = _utf8_json(body, content_type)
         prediction = self.predict(model, self.decode(body, content_type, context), context)
         if _COLUMNAR.match(body):
             return codecs.encode({"outputs": prediction}, accept), accept
@@ -105,6 +106,7 @@ class TensorFlowHandler(Handler):
 
     def decode(self, body: bytes, content_type: str, context: Context) -> Any:
         """TensorFlow Serving's ``"signature_name"`` may come with the data: it must name the signature served."""
+        body, content_type = _utf8_json(body, content_type)
         if b'"signature_name"' in body and codecs.parse_media_type(content_type) == "application/json":
             body = _without_signature_name(body, context.settings.tf_signature)
         return super().decode(body, content_type, context)
@@ -221,6 +223,15 @@ def _unknown_input(data: Any) -> Any:
         return {name: _unknown_input(value) for name, value in data.items()}
     array = np.asarray(data)
     return array.astype(np.float32) if array.dtype == np.float64 else array
+
+
+def _utf8_json(body: bytes, content_type: str) -> tuple[bytes, str]:
+    """A JSON body as UTF-8 without a byte order mark, whatever its charset, so its keys can be looked for."""
+    if codecs.parse_media_type(content_type) != "application/json":
+        return body, content_type
+    if content_type == "application/json" and not body.startswith(b"\xef\xbb\xbf"):
+        return body, content_type  # UTF-8 already: no copy of the body
+    return codecs.as_text(body, content_type).encode(), "application/json"
 
 
 def _without_signature_name(body: bytes, served: str) -> bytes:

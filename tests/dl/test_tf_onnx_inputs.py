@@ -179,3 +179,21 @@ def test_row_format_answer_with_an_unbatched_output_is_tf_servings_400(root):
 
     with pytest.raises(BadRequest, match=r"output 'b' has 3 rows, the others 2"):  # zip cut it to 2
         _rows({"a": np.zeros(2), "b": np.zeros(3)})
+
+
+@pytest.mark.parametrize(
+    "prefix, encoding, content_type",
+    [(b"\xef\xbb\xbf", "utf-8", "application/json"), (b"", "utf-16", "application/json; charset=utf-16")],
+    ids=["utf8_bom", "utf16"],
+)
+def test_signature_name_is_read_whatever_the_json_encoding(root, prefix, encoding, content_type):
+    def body(value: dict) -> bytes:
+        return prefix + json.dumps(value).encode(encoding)
+
+    features = ROWS.tolist()
+    plain = invoke(served(root / "scorer"), orjson.dumps({"inputs": {"features": features}}))
+    assert invoke(served(root / "scorer"), body({"signature_name": "serving_default", "inputs": {"features": features}}), content_type) == plain
+    with pytest.raises(BadRequest, match="the request asks for 'shifted'"):
+        invoke(served(root / "scorer"), body({"signature_name": "shifted", "inputs": {"features": features}}), content_type)
+    tfserving = served(root / "scorer", tf_response="tfserving")
+    assert invoke(tfserving, body({"signature_name": "serving_default", "inputs": {"features": features}}), content_type) == {"outputs": plain}
