@@ -283,7 +283,8 @@ def test_target_model_header_reaches_the_model_and_the_log(mme, tmp_path):
     response = mme.post("/models/targeted/invoke", **{**CSV, "headers": {**CSV["headers"], **header}})
     assert response.status_code == 200, response.text
     assert response.json() == ["t", "fraud/v3/model.tar.gz"]
-    assert "name=targeted url=" in mme.log() and "target_model=fraud/v3/model.tar.gz" in mme.log()
+    requested = next(line for line in mme.log().splitlines() if "load requested name='targeted'" in line)
+    assert "target_model='fraud/v3/model.tar.gz'" in requested, requested
 
 
 def test_models_with_their_own_inference_py_do_not_collide(mme, tmp_path):
@@ -416,3 +417,11 @@ def test_the_management_api_works_on_one_thread_workers(mme_factory, tmp_path):
     assert mme.delete("/models/one-thread").status_code == 200
     assert mme.get("/models/one-thread").status_code == 404
     assert mme.get("/ping").status_code == 200
+
+
+def test_a_load_request_with_control_characters_is_logged_escaped(mme, canary):
+    response = mme.post("/models", json={"model_name": "nul-url", "url": "/tmp/\x00x\nFAKE LINE"})
+    assert response.status_code == 400, response.text
+    assert "url='/tmp/\\x00x\\nFAKE LINE'" in mme.log()
+    assert "\x00" not in mme.log() and "\nFAKE LINE" not in mme.log()  # no forged log line, no NUL for grep
+    assert_healthy(mme, canary)

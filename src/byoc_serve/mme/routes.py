@@ -43,7 +43,7 @@ def create_mme_app(settings: Settings) -> Flask:
             raise BadRequest('the body must be JSON: {"model_name": "...", "url": "..."}')
         name, url = _text(body.get("model_name")), _text(body.get("url"))
         target = request.headers.get(TARGET_MODEL)
-        log.info("load requested name=%s url=%s target_model=%s request_id=%s", name, url, target, request_id(request))
+        log.info("load requested name=%r url=%r target_model=%r request_id=%s", name, url, target, request_id(request))
         return answer(name, "load", model_name=name, url=url, target_model=target)
 
     @app.get("/models")
