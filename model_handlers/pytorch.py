@@ -52,6 +52,8 @@ class PyTorchHandler(Handler):
 
     def __init__(self) -> None:
         self.answered_shapes: dict[int, set[str]] = {}  # id(model) → input shapes it has answered, batch aside
+        # id(model) → its device and input dtype: looking them up walks the modules, as long as a small forward.
+        self.placements: dict[int, tuple[Any, Any]] = {}
 
     def can_load(self, model_dir: Path) -> bool:
         return find_artifact(model_dir, ARTIFACT_NAMES, ARTIFACT_SUFFIXES) is not None
@@ -96,7 +98,10 @@ class PyTorchHandler(Handler):
         signature: ExportSignature | None = getattr(model, "byoc_signature", None)
         if signature is None and getattr(model, "training", False):
             model.eval()  # eager modules from model_fn, as the SageMaker toolkit's default predict_fn does
-        device, dtype = _placement(model)
+        placement = self.placements.get(id(model))
+        if placement is None:
+            placement = self.placements[id(model)] = _placement(model)
+        device, dtype = placement
         with torch.inference_mode():
             if signature is not None:
                 return to_numpy(_run_exported(model, _exported_args(signature, data, device, dtype)))
